@@ -1,0 +1,83 @@
+"""The fixed grid of absolute tolerances at which cached results are exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Decades covered by the 1-2-5 steps of the default grid: 1e-12 up to 1e2.
+GRID_DECADES = range(-12, 2)
+
+
+def validate_tolerance(name: str, value: float) -> float:
+    """Return ``value`` as a float, raising ``ValueError`` unless it is finite and >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}.") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
+    return number
+
+
+def threshold_grid(*extra: float) -> np.ndarray:
+    """Build the sorted float64 grid: 0, the 1-2-5 steps from 1e-12 to 1e2, and ``extra``.
+
+    The decimal steps are parsed from text (``float("5e-08")``), so each grid
+    value is the same float64 as the literal a user types.
+    """
+    values = {0.0, 1e2}
+    for exponent in GRID_DECADES:
+        for mantissa in (1, 2, 5):
+            values.add(float(f"{mantissa}e{exponent}"))
+    for value in extra:
+        values.add(validate_tolerance("atol", value))
+    return np.array(sorted(values), dtype=np.float64)
+
+
+def grid_index(grid: np.ndarray, atol: float, *, snap: bool = False) -> int:
+    """Return the index of ``atol`` in ``grid``.
+
+    An ``atol`` that is not on the grid raises ``ValueError`` naming its grid
+    neighbours, unless ``snap`` is true: then the nearest grid value on a log
+    scale is used (0 only for ``atol == 0``).
+    """
+    atol = validate_tolerance("atol", atol)
+    position = int(np.searchsorted(grid, atol))
+    if position < len(grid) and grid[position] == atol:
+        return position
+    below = grid[position - 1] if position > 0 else None
+    above = grid[position] if position < len(grid) else None
+    if not snap:
+        neighbours = " and ".join(f"{v:g}" for v in (below, above) if v is not None)
+        raise ValueError(
+            f"atol={atol:g} is not on the threshold grid, so the cache cannot give "
+            f"exact results for it. The nearest grid values are {neighbours}; pass "
+            "one of them, pass snap=True to use the nearest, or start a new "
+            "analysis with this atol."
+        )
+    if above is None:
+        return position - 1
+    if below is None or below == 0.0:
+        return position
+    if math.log(atol) - math.log(below) <= math.log(above) - math.log(atol):
+        return position - 1
+    return position
+
+
+def native_thresholds(grid: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert ``grid`` to ``dtype`` so that ``abs(x) <= t`` there equals the float64 test.
+
+    For each float64 threshold ``T`` this is the largest value of ``dtype`` that
+    is ``<= T``: for any ``x`` representable in ``dtype``, ``|x| <= T`` holds in
+    exact arithmetic exactly when ``|x| <= t`` holds in ``dtype``. A plain cast
+    would round ``T`` to nearest and could move values across the threshold.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return grid.copy()
+    native = grid.astype(dtype)
+    too_large = native.astype(np.float64) > grid
+    native[too_large] = np.nextafter(native[too_large], dtype.type(-np.inf))
+    return native

@@ -1,0 +1,147 @@
+"""Cached statistics of one layer, exact at every threshold of the grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import bin_values
+
+UNITS = ("element", "channel")
+PER_INPUT_POLICIES = ("grid", "start", "none")
+#: Largest count that the compact uint32 cache can hold before it moves to int64.
+_UINT32_LIMIT = np.iinfo(np.uint32).max
+
+
+@dataclass
+class BatchContribution:
+    """What one batch adds to one layer's statistics, computed before any of it is applied."""
+
+    inputs: int
+    unit_hist: np.ndarray  # (bins, units) uint32
+    input_counts: np.ndarray  # (inputs, thresholds) int64, inactive units per input
+    nonfinite: int
+
+
+def as_units(array: np.ndarray, unit: str, channel_axis: int, name: str) -> np.ndarray:
+    """Reshape one response batch to ``(inputs, units)`` magnitudes ready for binning.
+
+    Integer and bool responses become float64 (exact for magnitudes below
+    2**53); float16 becomes float32 (exact). In channel mode each unit is the
+    largest magnitude of the channel's elements, NaN-propagating, because a
+    channel is inactive only when all its elements are.
+    """
+    if array.dtype.kind in "biu":
+        array = array.astype(np.float64)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    elif array.dtype.kind != "f":
+        raise TypeError(
+            f"Response {name!r} has dtype {array.dtype}; expected a numeric "
+            "(float, integer or bool) array."
+        )
+    inputs = array.shape[0]
+    if unit == "element" or array.ndim == 1:
+        return array.reshape(inputs, -1)
+    axis = channel_axis if channel_axis >= 0 else array.ndim + channel_axis
+    moved = np.moveaxis(np.abs(array), axis, 1)
+    channels = moved.shape[1]
+    # NaN-propagating max keeps NaN channels out of the inactive count.
+    return moved.reshape(inputs, channels, -1).max(axis=2)
+
+
+def channel_unit_shape(shape: tuple[int, ...], channel_axis: int, name: str) -> tuple[int, ...]:
+    """Return the unit shape ``(channels,)`` for a response of full ``shape``."""
+    ndim = len(shape)
+    if ndim == 1:
+        return ()
+    if not -ndim <= channel_axis < ndim or channel_axis % ndim == 0:
+        raise ValueError(
+            f"channel_axis={channel_axis} does not name a unit axis of response "
+            f"{name!r} with shape {shape}; axis 0 is the input axis. Use 1 for "
+            "NCHW (PyTorch) or -1 for NHWC responses, or unit='element'."
+        )
+    return (shape[channel_axis],)
+
+
+class LayerStats:
+    """Threshold-grid cache of one layer.
+
+    Memory independent of the number of inputs: ``cumulative[j, u]``, the
+    number of inputs on which unit ``u`` was within ``grid[j]`` of zero
+    (uint32 until a count could pass 2**32 - 1, then int64: 4 or 8 bytes per
+    unit per grid threshold), and per threshold the exact sum and sum of
+    squares of per-input inactive counts (Python ints).
+
+    Per-input detail depends on ``per_input``: ``"grid"`` keeps every
+    input's inactive count at every grid threshold (4 bytes per input per
+    threshold), ``"start"`` only at the starting threshold (8 bytes per
+    input) and ``"none"`` keeps none; then ``inactive`` is ``None`` and the
+    standard deviation comes from the sums.
+    """
+
+    def __init__(self, name, unit_shape, grid, start_index, per_input):
+        self.name = name
+        self.unit_shape = tuple(unit_shape)
+        self.units = int(np.prod(self.unit_shape, dtype=np.int64))
+        self.grid = grid
+        self.start_index = start_index
+        self.per_input = per_input
+        self.inputs = 0
+        self.nonfinite = 0
+        self.cumulative = np.zeros((len(grid), self.units), dtype=np.uint32)
+        self.count_sums = [0] * len(grid)
+        self.count_square_sums = [0] * len(grid)
+        self._input_counts: list[np.ndarray] = []
+
+    @staticmethod
+    def compute(magnitudes: np.ndarray, thresholds: np.ndarray) -> BatchContribution:
+        """Bin one ``(inputs, units)`` batch; nothing is stored yet."""
+        unit_hist, input_hist, nonfinite = bin_values(magnitudes, thresholds)
+        input_counts = np.cumsum(input_hist[:, :-1], axis=1)
+        return BatchContribution(magnitudes.shape[0], unit_hist, input_counts, nonfinite)
+
+    def apply(self, part: BatchContribution) -> None:
+        """Add one computed batch to the statistics."""
+        if self.inputs + part.inputs > _UINT32_LIMIT and self.cumulative.dtype == np.uint32:
+            self.cumulative = self.cumulative.astype(np.int64)
+        np.cumsum(part.unit_hist[:-1], axis=0, out=part.unit_hist[:-1])
+        self.cumulative += part.unit_hist[:-1]
+        counts = part.input_counts
+        sums = counts.sum(axis=0)
+        # Sum squares in int64 only where the sum cannot overflow; Python ints never do.
+        if self.units * self.units * max(part.inputs, 1) < 2**62:
+            square_sums = (counts * counts).sum(axis=0)
+        else:
+            square_sums = (counts.astype(object) ** 2).sum(axis=0)
+        for j in range(len(self.grid)):
+            self.count_sums[j] += int(sums[j])
+            self.count_square_sums[j] += int(square_sums[j])
+        if self.per_input == "grid":
+            self._input_counts.append(counts.astype(np.int32 if self.units < 2**31 else np.int64))
+        elif self.per_input == "start":
+            self._input_counts.append(counts[:, self.start_index].astype(np.int64))
+        self.inputs += part.inputs
+        self.nonfinite += part.nonfinite
+
+    def inactive_at(self, index: int) -> np.ndarray | None:
+        """Per-input inactive counts at grid threshold ``index``, or ``None`` if not kept."""
+        if self.per_input == "grid":
+            if not self._input_counts:
+                return np.zeros(0, dtype=np.int64)
+            return np.concatenate([c[:, index] for c in self._input_counts]).astype(np.int64)
+        if self.per_input == "start" and index == self.start_index:
+            if not self._input_counts:
+                return np.zeros(0, dtype=np.int64)
+            return np.concatenate(self._input_counts)
+        return None
+
+    def unit_counts_at(self, index: int) -> np.ndarray:
+        """Per-unit inactive counts at grid threshold ``index``, int64, in the unit shape."""
+        return self.cumulative[index].astype(np.int64).reshape(self.unit_shape)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache, per-input detail included."""
+        detail = sum(c.nbytes for c in self._input_counts)
+        return int(self.cumulative.nbytes + detail)

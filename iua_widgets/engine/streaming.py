@@ -1,0 +1,321 @@
+"""The streaming engine: feed batches of responses, ask for results at any grid threshold."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from .grid import grid_index, native_thresholds, threshold_grid, validate_tolerance
+from .layer import PER_INPUT_POLICIES, UNITS, LayerStats, as_units, channel_unit_shape
+from .result import Result
+
+logger = logging.getLogger(__name__)
+
+#: Default limit on the threshold cache of all layers together, in bytes.
+DEFAULT_MAX_CACHE_BYTES = 4 * 2**30
+
+
+def to_numpy(value: Any, name: str) -> np.ndarray:
+    """Convert one response (numpy array, PyTorch tensor, nested list) to a numpy array."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        tensor = value.detach()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()  # exact: bfloat16 is a truncated float32
+        value = tensor.cpu().numpy()
+    array = np.asarray(value)
+    if array.ndim == 0:
+        raise ValueError(
+            f"Response {name!r} is a scalar; expected an array whose first axis "
+            "is the input (batch) axis."
+        )
+    return array
+
+
+class StreamingIUA:
+    """Inactive Unit Analysis fed batch by batch, with results at any grid threshold.
+
+    Parameters
+    ----------
+    rtol, atol
+        Tolerances of ``numpy.isclose(x, 0, rtol, atol)``. Against zero this is
+        ``|x| <= atol``, so ``rtol`` has no effect; it is kept for DNIKit
+        compatibility. ``atol`` is added to the threshold grid.
+    unit
+        ``"element"`` (every element of a response is a unit) or ``"channel"``
+        (one unit per index of ``channel_axis``, inactive when all its
+        elements are).
+    channel_axis
+        Axis of the full response array holding channels: 1 for NCHW, -1 for NHWC.
+    per_input
+        Per-input detail kept: ``"grid"`` (every threshold, 4 bytes per input,
+        layer and threshold), ``"start"`` (``atol`` only, 8 bytes per input and
+        layer) or ``"none"``.
+    max_cache_bytes
+        Limit on the threshold cache of all layers; a layer that would pass it
+        raises ``MemoryError`` before anything is allocated.
+
+    Thread safety: ``update`` and every read take one lock, so a dashboard may
+    read while another thread feeds batches.
+    """
+
+    def __init__(
+        self,
+        *,
+        rtol: float = 1e-05,
+        atol: float = 1e-08,
+        unit: str = "element",
+        channel_axis: int = 1,
+        per_input: str = "grid",
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+    ) -> None:
+        self.rtol = validate_tolerance("rtol", rtol)
+        self.atol = validate_tolerance("atol", atol)
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}.")
+        if per_input not in PER_INPUT_POLICIES:
+            raise ValueError(f"per_input must be one of {PER_INPUT_POLICIES}, got {per_input!r}.")
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, int | np.integer):
+            raise TypeError(f"channel_axis must be an int, got {channel_axis!r}.")
+        self.unit = unit
+        self.channel_axis = int(channel_axis)
+        self.per_input = per_input
+        self.max_cache_bytes = int(max_cache_bytes)
+        self.grid = threshold_grid(self.atol)
+        self.start_index = grid_index(self.grid, self.atol)
+        self._thresholds = {
+            np.dtype(np.float32): native_thresholds(self.grid, np.float32),
+            np.dtype(np.float64): self.grid,
+        }
+        self._layers: dict[str, LayerStats] = {}
+        self._observers: list[Callable[[StreamingIUA], None]] = []
+        self._lock = threading.RLock()
+        self.inputs_seen = 0
+        self.batches_seen = 0
+        self.expected_inputs: int | None = None
+        self._started: float | None = None
+        self._last_update: float | None = None
+
+    # -- feeding ---------------------------------------------------------
+
+    def update(self, batch: Mapping[str, Any]) -> None:
+        """Add one batch: a mapping from response name to an array of shape ``(inputs, ...)``.
+
+        The batch is applied to every layer or, if any check fails, to none.
+        A batch with zero inputs is ignored.
+        """
+        arrays = self._validate(batch)
+        if not arrays:
+            return
+        inputs = next(iter(arrays.values())).shape[0]
+        if inputs == 0:
+            return
+        prepared = {}
+        for name, array in arrays.items():
+            magnitudes = as_units(array, self.unit, self.channel_axis, name)
+            thresholds = self._thresholds[magnitudes.dtype]
+            prepared[name] = LayerStats.compute(magnitudes, thresholds)
+        with self._lock:
+            for name, array in arrays.items():
+                layer = self._layers.get(name)
+                if layer is None:
+                    layer = LayerStats(
+                        name, self._unit_shape(array, name), self.grid, self.start_index,
+                        self.per_input,
+                    )
+                    self._layers[name] = layer
+                layer.apply(prepared[name])
+            now = time.perf_counter()
+            if self._started is None:
+                self._started = now
+                logger.info("Streaming IUA started with %d layers", len(arrays))
+            self._last_update = now
+            self.inputs_seen += inputs
+            self.batches_seen += 1
+        for observer in list(self._observers):
+            observer(self)
+
+    def _unit_shape(self, array: np.ndarray, name: str) -> tuple[int, ...]:
+        if self.unit == "channel":
+            return channel_unit_shape(array.shape, self.channel_axis, name)
+        return tuple(array.shape[1:])
+
+    def _validate(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"A batch must be a mapping from response name to array, got {type(batch).__name__}."
+            )
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in batch.items():
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"Response names must be strings, got {name!r} ({type(name).__name__}). "
+                    "Convert the keys with str() before feeding the batch."
+                )
+            arrays[name] = to_numpy(value, name)
+        sizes = {name: a.shape[0] for name, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{n!r}: {s}" for n, s in sizes.items())
+            raise ValueError(
+                f"The responses of one batch disagree on the number of inputs ({listed}); "
+                "every response must have one row per input."
+            )
+        if arrays and next(iter(sizes.values())) == 0:
+            return arrays
+        added_bytes = 0
+        with self._lock:
+            for name, array in arrays.items():
+                shape = self._unit_shape(array, name)
+                layer = self._layers.get(name)
+                if layer is not None and layer.unit_shape != shape:
+                    raise ValueError(
+                        f"Response {name!r} changed its unit shape from {layer.unit_shape} "
+                        f"to {shape}; every batch of a layer must have the same shape after "
+                        "the input axis. The statistics gathered so far are kept."
+                    )
+                if layer is None:
+                    added_bytes += 4 * len(self.grid) * int(np.prod(shape, dtype=np.int64))
+            current = sum(layer.cumulative.nbytes for layer in self._layers.values())
+            if added_bytes and current + added_bytes > self.max_cache_bytes:
+                raise MemoryError(
+                    f"The threshold cache would need {(current + added_bytes) / 2**30:.2f} GiB "
+                    f"(with new layers {sorted(set(arrays) - set(self._layers))}), above "
+                    f"max_cache_bytes={self.max_cache_bytes / 2**30:.2f} GiB. Use "
+                    "unit='channel', analyse fewer layers, or raise max_cache_bytes."
+                )
+        return arrays
+
+    def consume(self, producer: Any, *, batch_size: int = 32) -> StreamingIUA:
+        """Feed every batch of ``producer`` (any form ``IUA.introspect`` takes)."""
+        from ..sources import iter_batches
+
+        for batch in iter_batches(producer, batch_size=batch_size):
+            self.update(batch)
+        return self
+
+    # -- observing -------------------------------------------------------
+
+    def observe(self, callback: Callable[[StreamingIUA], None]) -> None:
+        """Call ``callback(engine)`` after every applied batch."""
+        if callback not in self._observers:
+            self._observers.append(callback)
+
+    def unobserve(self, callback: Callable[[StreamingIUA], None]) -> None:
+        """Stop calling ``callback``."""
+        if callback in self._observers:
+            self._observers.remove(callback)
+
+    # -- progress --------------------------------------------------------
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Response names in the order they first arrived."""
+        with self._lock:
+            return list(self._layers)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the first to the latest applied batch."""
+        if self._started is None or self._last_update is None:
+            return 0.0
+        return self._last_update - self._started
+
+    @property
+    def inputs_per_second(self) -> float:
+        """Mean throughput so far; 0.0 before two batches have arrived."""
+        elapsed = self.elapsed
+        return self.inputs_seen / elapsed if elapsed > 0 else 0.0
+
+    def nbytes(self) -> int:
+        """Bytes held by the caches of all layers, per-input detail included."""
+        with self._lock:
+            return sum(layer.nbytes() for layer in self._layers.values())
+
+    # -- answering -------------------------------------------------------
+
+    def threshold_index(self, atol: float | None = None, *, snap: bool = False) -> int:
+        """Grid index of ``atol`` (the starting ``atol`` when ``None``)."""
+        if atol is None:
+            return self.start_index
+        return grid_index(self.grid, atol, snap=snap)
+
+    @property
+    def results(self) -> dict[str, Result]:
+        """Results at the starting ``(rtol, atol)``."""
+        return self.results_at()
+
+    def results_at(
+        self, atol: float | None = None, rtol: float | None = None, *, snap: bool = False
+    ) -> dict[str, Result]:
+        """Results at a grid ``atol``, computed from the cache alone.
+
+        An ``atol`` off the grid raises ``ValueError`` naming the nearest grid
+        values, or with ``snap=True`` is replaced by the nearest one (the
+        returned results carry the ``atol`` used).
+        """
+        rtol = self.rtol if rtol is None else validate_tolerance("rtol", rtol)
+        index = self.threshold_index(atol, snap=snap)
+        with self._lock:
+            return {
+                name: self._layer_result(layer, index, rtol)
+                for name, layer in self._layers.items()
+            }
+
+    def layer_result(self, name: str, atol: float | None = None, *, snap: bool = False) -> Result:
+        """Result of one layer at a grid ``atol``."""
+        index = self.threshold_index(atol, snap=snap)
+        with self._lock:
+            if name not in self._layers:
+                raise KeyError(f"No response named {name!r}; known: {list(self._layers)}.")
+            return self._layer_result(self._layers[name], index, self.rtol)
+
+    def _layer_result(self, layer: LayerStats, index: int, rtol: float) -> Result:
+        counts = layer.unit_counts_at(index)
+        inputs = layer.inputs
+        inactive = layer.inactive_at(index)
+        if inactive is not None and len(inactive):
+            # Same numpy reductions as DNIKit, so the floats match bit for bit.
+            mean = float(np.mean(inactive))
+            std = float(np.std(inactive))
+        else:
+            mean, std = _mean_std_from_sums(
+                layer.count_sums[index], layer.count_square_sums[index], inputs
+            )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proportion = counts / inputs if inputs else np.full(counts.shape, np.nan)
+        dead = int(np.count_nonzero(counts == inputs)) if inputs else 0
+        units = layer.units
+        return Result(
+            mean_inactive=mean,
+            std_inactive=std,
+            inactive=inactive,
+            unit_inactive_count=counts,
+            unit_inactive_proportion=proportion,
+            units=units,
+            inputs=inputs,
+            dead_units=dead,
+            dead_fraction=dead / units if units else math.nan,
+            mean_inactive_fraction=mean / units if units else math.nan,
+            nonfinite=layer.nonfinite,
+            atol=float(self.grid[index]),
+            rtol=rtol,
+            unit_shape=layer.unit_shape,
+        )
+
+    def layer_stats(self, name: str) -> LayerStats:
+        """The cache of one layer (read-only use)."""
+        return self._layers[name]
+
+
+def _mean_std_from_sums(total: int, square_total: int, inputs: int) -> tuple[float, float]:
+    """Mean and population standard deviation from exact integer sums."""
+    if inputs == 0:
+        return math.nan, math.nan
+    variance = Fraction(inputs * square_total - total * total, inputs * inputs)
+    return total / inputs, math.sqrt(float(variance))
