@@ -1,21 +1,26 @@
 """Hot loops that bin response values against the threshold grid.
 
-Every kernel takes a 2-D ``(inputs, units)`` array of float32 or float64
-magnitudes-to-be and the grid converted to that dtype by
-``native_thresholds``, and returns, for one batch:
+``bin_values(x, thresholds)`` takes a 2-D ``(inputs, units)`` float32 or
+float64 array and the grid converted to that dtype by ``native_thresholds``
+(``G`` values), and returns for that batch:
 
-- ``unit_hist``: ``(bins, units)`` uint32, how many inputs put unit ``u`` in
-  bin ``k``, where bin ``k < len(grid)`` means ``grid[k-1] < |x| <= grid[k]``
-  and the last bin holds values above every threshold, NaN and +-inf;
-- ``input_hist``: ``(inputs, bins)`` int64, the same per input;
-- ``nonfinite``: the number of NaN and +-inf values.
+- ``unit_hist``: ``(G + 2, units)`` unsigned counts of inputs per bin and
+  unit, where bin ``k <= G`` holds ``thresholds[k-1] < |x| <= thresholds[k]``
+  (bin 0 is ``|x| <= thresholds[0]``, bin ``G`` is above every threshold) and
+  bin ``G + 1`` holds NaN and +-inf;
+- ``input_hist``: ``(inputs, G + 2)`` int64, the same per input.
 
-The numba kernel is used when numba imports; otherwise a numpy kernel gives
-the same numbers more slowly, after a one-time warning.
+The numba kernel finds a value's bin from its bit pattern: for non-negative
+IEEE floats, integer order of the bits is numeric order, so the top bits
+(exponent and a few mantissa bits) index a table giving the number of
+thresholds below that bucket, and one integer comparison against the single
+threshold inside the bucket (if any) finishes the job. When numba is missing
+a numpy kernel gives the same counts, after a one-time warning.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -29,89 +34,181 @@ try:
 except ImportError:  # pragma: no cover - exercised by forcing the numpy path
     numba = None
 
+#: Inputs per kernel call, so per-batch unit counts fit uint16.
+_SUB_BATCH = 65535
+#: Units binned by one thread before it moves on, sized to keep its counters in L1.
+_UNIT_BLOCK = 256
+
+
+def _layout(dtype: np.dtype):
+    """Unsigned view type, mantissa width and magnitude mask of a float dtype."""
+    if dtype == np.float32:
+        return np.uint32, 23, np.uint32(0x7FFFFFFF)
+    return np.uint64, 52, np.uint64(0x7FFFFFFFFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_tables_cached(threshold_bytes: bytes, dtype_str: str):
+    dtype = np.dtype(dtype_str)
+    thresholds = np.frombuffer(threshold_bytes, dtype=dtype)
+    uint, mantissa_bits, _ = _layout(dtype)
+    bits = thresholds.view(uint)
+    count = len(thresholds)
+    infinity_bits = np.array([np.inf], dtype=dtype).view(uint)[0]
+    # Start with 6 mantissa bits per bucket (64 buckets per octave); the 1-2-5
+    # grid puts at most one threshold in a bucket, an extra atol may need more.
+    for kept_bits in range(3 if dtype == np.float64 else 6, 11):
+        shift = mantissa_bits - kept_bits
+        buckets = 1 << (8 * np.dtype(uint).itemsize - 1 - shift)
+        lower = (np.arange(buckets, dtype=np.uint64) << np.uint64(shift)).astype(uint)
+        upper = np.append(lower[1:], np.iinfo(uint).max).astype(uint)
+        below = np.searchsorted(bits, lower, side="left")
+        inside = np.searchsorted(bits, upper, side="left") - below
+        if inside.max() <= 1:
+            break
+    else:
+        return None
+    base = below.astype(np.uint8)
+    single = np.full(buckets, np.iinfo(uint).max, dtype=uint)
+    single[inside == 1] = bits[below[inside == 1]]
+    nonfinite = lower >= infinity_bits
+    base[nonfinite] = count + 1
+    single[nonfinite] = np.iinfo(uint).max
+    return base, single, np.int64(shift)
+
+
+def bucket_tables(thresholds: np.ndarray):
+    """Lookup tables for the bit-pattern kernel, or ``None`` if thresholds are too close."""
+    return _bucket_tables_cached(thresholds.tobytes(), thresholds.dtype.str)
+
 
 def bin_numpy(x: np.ndarray, thresholds: np.ndarray):
     """Bin ``x`` with numpy only (``searchsorted`` and ``bincount``)."""
     inputs, units = x.shape
-    bins = len(thresholds) + 1
+    bins = len(thresholds) + 2
     magnitude = np.abs(x)
     # searchsorted(side="left") counts thresholds strictly below |x|, which is
-    # the first k with |x| <= thresholds[k]; NaN sorts after every threshold.
+    # the bin of |x|; NaN and inf get the bin of their own.
     k = np.searchsorted(thresholds, magnitude, side="left")
+    k[~np.isfinite(magnitude)] = bins - 1
     unit_index = k * units + np.arange(units)
     unit_hist = np.bincount(unit_index.ravel(), minlength=bins * units)
-    unit_hist = unit_hist.reshape(bins, units).astype(np.uint32)
     input_index = np.arange(inputs)[:, None] * bins + k
     input_hist = np.bincount(input_index.ravel(), minlength=inputs * bins)
-    input_hist = input_hist.reshape(inputs, bins).astype(np.int64)
-    nonfinite = int(np.count_nonzero(~np.isfinite(magnitude)))
-    return unit_hist, input_hist, nonfinite
+    return (
+        unit_hist.reshape(bins, units).astype(np.uint32),
+        input_hist.reshape(inputs, bins).astype(np.int64),
+    )
 
 
 if numba is not None:
 
-    @numba.njit(cache=True, nogil=True, parallel=True, fastmath=False)
-    def _bin_numba_kernel(x, thresholds, unit_hist, chunk_input_hist, chunk_nonfinite):
-        inputs, units = x.shape
-        count = thresholds.shape[0]
-        chunks = chunk_input_hist.shape[0]
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, block):
+        inputs, units = bits.shape
+        chunks = lane_hist.shape[0]
         step = (units + chunks - 1) // chunks
-        first = thresholds[0]
+        step = (step + block - 1) // block * block
         for c in numba.prange(chunks):
             start = c * step
             stop = min(units, start + step)
-            nonfinite = 0
+            for block_start in range(start, stop, block):
+                block_stop = min(stop, block_start + block)
+                for i in range(inputs):
+                    row = bits[i]
+                    for u in range(block_start, block_stop):
+                        a = row[u] & mask
+                        b = a >> shift
+                        k = base[b] + (single[b] < a)
+                        unit_hist[k, u] += 1
+                        # Four lanes break the store-to-load chain on runs of one bin.
+                        lane_hist[c, i, u & 3, k] += 1
+
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def _bin_search_kernel(x, thresholds, unit_hist, lane_hist):
+        inputs, units = x.shape
+        count = thresholds.shape[0]
+        chunks = lane_hist.shape[0]
+        step = (units + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            start = c * step
+            stop = min(units, start + step)
             for i in range(inputs):
                 row = x[i]
                 for u in range(start, stop):
                     a = abs(row[u])
-                    if a <= first:
-                        k = 0
+                    if not (a < np.inf):
+                        k = count + 1
                     else:
-                        # Binary search for the first threshold >= a; NaN
-                        # fails every comparison and lands in the last bin.
-                        lo = 1
+                        lo = 0
                         hi = count
                         while lo < hi:
                             mid = (lo + hi) >> 1
                             if thresholds[mid] < a:
                                 lo = mid + 1
-                            elif thresholds[mid] >= a:
-                                hi = mid
                             else:
-                                lo = count
-                                hi = count
+                                hi = mid
                         k = lo
-                        if k == count and not (a < np.inf):
-                            nonfinite += 1
                     unit_hist[k, u] += 1
-                    chunk_input_hist[c, i, k] += 1
-            chunk_nonfinite[c] = nonfinite
+                    lane_hist[c, i, u & 3, k] += 1
+
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def accumulate_cumulative(cumulative, unit_hist):
+        """Add the running sum over bins of ``unit_hist`` to ``cumulative`` (G, units)."""
+        count, units = cumulative.shape
+        chunks = max(1, min(64, units // 1024))
+        step = (units + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            start = c * step
+            stop = min(units, start + step)
+            running = np.zeros(stop - start, dtype=cumulative.dtype)
+            for j in range(count):
+                for u in range(start, stop):
+                    running[u - start] += unit_hist[j, u]
+                    cumulative[j, u] += running[u - start]
 
     def bin_numba(x: np.ndarray, thresholds: np.ndarray):
-        """Bin ``x`` with the compiled kernel, parallel over chunks of units."""
+        """Bin ``x`` with the compiled kernels, in parallel over blocks of units."""
         inputs, units = x.shape
-        bins = len(thresholds) + 1
-        chunks = max(1, min(units, 4 * numba.get_num_threads()))
-        unit_hist = np.zeros((bins, units), dtype=np.uint32)
-        chunk_input_hist = np.zeros((chunks, inputs, bins), dtype=np.int64)
-        chunk_nonfinite = np.zeros(chunks, dtype=np.int64)
-        _bin_numba_kernel(x, thresholds, unit_hist, chunk_input_hist, chunk_nonfinite)
-        return unit_hist, chunk_input_hist.sum(axis=0), int(chunk_nonfinite.sum())
+        bins = len(thresholds) + 2
+        chunks = max(1, min(units, numba.get_num_threads()))
+        hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
+        unit_hist = np.zeros((bins, units), dtype=hist_type)
+        lane_hist = np.zeros((chunks, inputs, 4, bins), dtype=np.int32)
+        tables = bucket_tables(thresholds)
+        if tables is None:
+            _bin_search_kernel(x, thresholds, unit_hist, lane_hist)
+        else:
+            base, single, shift = tables
+            uint, _, mask = _layout(x.dtype)
+            _bin_table_kernel(x.view(uint), base, single, shift, mask, unit_hist, lane_hist,
+                              _UNIT_BLOCK)
+        return unit_hist, lane_hist.sum(axis=(0, 2), dtype=np.int64)
 
 else:  # pragma: no cover
     bin_numba = None
+    accumulate_cumulative = None
 
 
 _warned_fallback = False
 
 
+def use_compiled() -> bool:
+    """Whether the numba kernels are used (numba importable, not disabled by the environment)."""
+    return bin_numba is not None and os.environ.get("IUA_WIDGETS_KERNEL", "") != "numpy"
+
+
 def bin_values(x: np.ndarray, thresholds: np.ndarray):
     """Bin ``x`` with the fastest available kernel (see the module docstring)."""
     global _warned_fallback
-    use_numpy = os.environ.get("IUA_WIDGETS_KERNEL", "") == "numpy"
-    if bin_numba is not None and not use_numpy:
-        return bin_numba(np.ascontiguousarray(x), thresholds)
+    if use_compiled():
+        x = np.ascontiguousarray(x)
+        if x.shape[0] <= _SUB_BATCH:
+            return bin_numba(x, thresholds)
+        parts = [bin_numba(x[s : s + _SUB_BATCH], thresholds)
+                 for s in range(0, x.shape[0], _SUB_BATCH)]
+        unit_hist = sum(p[0].astype(np.uint32) for p in parts)
+        return unit_hist, np.concatenate([p[1] for p in parts])
     if bin_numba is None and not _warned_fallback:
         _warned_fallback = True
         warnings.warn(
@@ -121,3 +218,12 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray):
             stacklevel=3,
         )
     return bin_numpy(x, thresholds)
+
+
+def add_cumulative(cumulative: np.ndarray, unit_hist: np.ndarray) -> None:
+    """Add ``cumsum(unit_hist[:G], axis=0)`` to ``cumulative`` in place."""
+    count = cumulative.shape[0]
+    if use_compiled() and cumulative.shape[1] > 0:
+        accumulate_cumulative(cumulative, unit_hist)
+    else:
+        cumulative += np.cumsum(unit_hist[:count], axis=0, dtype=cumulative.dtype)

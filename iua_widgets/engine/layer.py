@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import bin_values
+from .kernels import add_cumulative, bin_values
 
 UNITS = ("element", "channel")
 PER_INPUT_POLICIES = ("grid", "start", "none")
@@ -19,7 +19,7 @@ class BatchContribution:
     """What one batch adds to one layer's statistics, computed before any of it is applied."""
 
     inputs: int
-    unit_hist: np.ndarray  # (bins, units) uint32
+    unit_hist: np.ndarray  # (thresholds + 2, units) unsigned, see kernels.bin_values
     input_counts: np.ndarray  # (inputs, thresholds) int64, inactive units per input
     nonfinite: int
 
@@ -98,16 +98,16 @@ class LayerStats:
     @staticmethod
     def compute(magnitudes: np.ndarray, thresholds: np.ndarray) -> BatchContribution:
         """Bin one ``(inputs, units)`` batch; nothing is stored yet."""
-        unit_hist, input_hist, nonfinite = bin_values(magnitudes, thresholds)
-        input_counts = np.cumsum(input_hist[:, :-1], axis=1)
+        unit_hist, input_hist = bin_values(magnitudes, thresholds)
+        input_counts = np.cumsum(input_hist[:, : len(thresholds)], axis=1)
+        nonfinite = int(input_hist[:, -1].sum())
         return BatchContribution(magnitudes.shape[0], unit_hist, input_counts, nonfinite)
 
     def apply(self, part: BatchContribution) -> None:
         """Add one computed batch to the statistics."""
         if self.inputs + part.inputs > _UINT32_LIMIT and self.cumulative.dtype == np.uint32:
             self.cumulative = self.cumulative.astype(np.int64)
-        np.cumsum(part.unit_hist[:-1], axis=0, out=part.unit_hist[:-1])
-        self.cumulative += part.unit_hist[:-1]
+        add_cumulative(self.cumulative, part.unit_hist)
         counts = part.input_counts
         sums = counts.sum(axis=0)
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.

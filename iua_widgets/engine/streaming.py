@@ -120,7 +120,12 @@ class StreamingIUA:
         for name, array in arrays.items():
             magnitudes = as_units(array, self.unit, self.channel_axis, name)
             thresholds = self._thresholds[magnitudes.dtype]
-            prepared[name] = LayerStats.compute(magnitudes, thresholds)
+            part = LayerStats.compute(magnitudes, thresholds)
+            if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
+                # A channel's max only shows that some element is NaN or inf;
+                # count the values themselves.
+                part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
+            prepared[name] = part
         with self._lock:
             for name, array in arrays.items():
                 layer = self._layers.get(name)
