@@ -15,6 +15,7 @@ import numpy as np
 from .grid import grid_index, native_thresholds, threshold_grid, validate_tolerance
 from .layer import PER_INPUT_POLICIES, UNITS, LayerStats, as_units, channel_unit_shape
 from .result import Result
+from .torch_stats import TorchLayerStats, as_device_units, import_torch
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ class StreamingIUA:
     max_cache_bytes
         Limit on the threshold cache of all layers; a layer that would pass it
         raises ``MemoryError`` before anything is allocated.
+    torch_device
+        ``None`` (default) keeps the cache in numpy on the host. A PyTorch
+        device (``"cuda"``, ``"cpu"``, a ``torch.device``) keeps it on that
+        device and bins every batch there with torch operations, so responses
+        captured on a GPU are never copied to the host. Results are the same.
 
     Thread safety: ``update`` and every read take one lock, so a dashboard may
     read while another thread feeds batches.
@@ -74,6 +80,7 @@ class StreamingIUA:
         channel_axis: int = 1,
         per_input: str = "grid",
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        torch_device: Any = None,
     ) -> None:
         self.rtol = validate_tolerance("rtol", rtol)
         self.atol = validate_tolerance("atol", atol)
@@ -87,6 +94,9 @@ class StreamingIUA:
         self.channel_axis = int(channel_axis)
         self.per_input = per_input
         self.max_cache_bytes = int(max_cache_bytes)
+        self.torch_device = torch_device
+        if torch_device is not None:
+            import_torch()
         self.grid = threshold_grid(self.atol)
         self.start_index = grid_index(self.grid, self.atol)
         self._thresholds = {
@@ -116,6 +126,9 @@ class StreamingIUA:
         inputs = next(iter(arrays.values())).shape[0]
         if inputs == 0:
             return
+        if self.torch_device is not None:
+            self._update_on_device(arrays, inputs)
+            return
         prepared = {}
         for name, array in arrays.items():
             magnitudes = as_units(array, self.unit, self.channel_axis, name)
@@ -136,6 +149,10 @@ class StreamingIUA:
                     )
                     self._layers[name] = layer
                 layer.apply(prepared[name])
+        self._finish_update(arrays, inputs)
+
+    def _finish_update(self, arrays: dict[str, Any], inputs: int) -> None:
+        with self._lock:
             now = time.perf_counter()
             if self._started is None:
                 self._started = now
@@ -145,6 +162,31 @@ class StreamingIUA:
             self.batches_seen += 1
         for observer in list(self._observers):
             observer(self)
+
+    def _update_on_device(self, arrays: dict[str, Any], inputs: int) -> None:
+        prepared = {}
+        with self._lock:
+            for name, tensor in arrays.items():
+                layer = self._layers.get(name)
+                if layer is None:
+                    layer = TorchLayerStats(
+                        name, self._unit_shape(tensor, name), self.grid, self.start_index,
+                        self.per_input, self.torch_device,
+                    )
+                magnitudes = as_device_units(tensor, self.unit, self.channel_axis, layer.device)
+                part = layer.compute(magnitudes)
+                if self.unit == "channel" and tensor.ndim > 2:
+                    # A channel's max only shows that some element is NaN or inf.
+                    import torch
+
+                    values = torch.as_tensor(tensor, device=layer.device)
+                    if values.is_floating_point():
+                        part.nonfinite = (~torch.isfinite(values)).sum()
+                prepared[name] = (layer, part)
+            for name, (layer, part) in prepared.items():
+                self._layers.setdefault(name, layer)
+                layer.apply(part)
+        self._finish_update(arrays, inputs)
 
     def _unit_shape(self, array: np.ndarray, name: str) -> tuple[int, ...]:
         if self.unit == "channel":
@@ -163,7 +205,12 @@ class StreamingIUA:
                     f"Response names must be strings, got {name!r} ({type(name).__name__}). "
                     "Convert the keys with str() before feeding the batch."
                 )
-            arrays[name] = to_numpy(value, name)
+            if self.torch_device is not None and hasattr(value, "detach"):
+                if value.dim() == 0:
+                    to_numpy(value, name)  # raises the scalar error
+                arrays[name] = value  # stays on its device
+            else:
+                arrays[name] = to_numpy(value, name)
         sizes = {name: a.shape[0] for name, a in arrays.items()}
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{n!r}: {s}" for n, s in sizes.items())
@@ -316,6 +363,40 @@ class StreamingIUA:
     def layer_stats(self, name: str) -> LayerStats:
         """The cache of one layer (read-only use)."""
         return self._layers[name]
+
+    # -- scale-out (logic in persist.py and merge.py) ------------------------
+
+    def save(self, path: Any) -> Any:
+        """Write the cache to ``path`` atomically; returns the ``pathlib.Path`` written.
+
+        The format is described in ``iua_widgets.engine.persist``.
+        """
+        from .persist import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path: Any, *, max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> StreamingIUA:
+        """Read a file written by ``save`` into a new engine that accepts further batches.
+
+        Raises ``iua_widgets.engine.persist.AnalysisFileError`` (a ``ValueError``)
+        for a corrupt, truncated, foreign or newer-version file.
+        """
+        from .persist import load
+
+        return load(path, max_cache_bytes=max_cache_bytes)
+
+    def merge(self, *others: Any) -> StreamingIUA:
+        """Return a new engine holding the analysis of the union of the inputs, exactly.
+
+        Call as ``StreamingIUA.merge(a, b, ...)`` or ``a.merge(b, ...)``; parts
+        may be ``StreamingIUA`` or ``IUA`` objects and are left unchanged.
+        Per-input detail is concatenated in part order. Raises ``ValueError``
+        if the parts differ in settings, grid or a shared layer's unit shape.
+        """
+        from .merge import merge_engines
+
+        return merge_engines([self, *others])
 
 
 def _mean_std_from_sums(total: int, square_total: int, inputs: int) -> tuple[float, float]:
