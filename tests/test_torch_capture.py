@@ -706,3 +706,24 @@ def test_weights_round_trip_through_npz(tmp_path):
     loaded = digits.load_digits_cnn(path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_device_argument_and_parameterless_model():
+    x = torch.randn(3, 4)
+    parameterless = nn.Sequential(nn.ReLU())
+    producer = responses(parameterless, [x], layers=["0"])
+    assert producer.device == torch.device("cpu")
+    (fields,) = list(responses(parameterless, [x], layers=["0"], device="cpu"))
+    np.testing.assert_array_equal(fields["0"], torch.relu(x).numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_responses(digits_model, digits_test_loader):
+    model = copy.deepcopy(digits_model).to("cuda")
+    tensors = list(responses(model, digits_test_loader, layers=["relu2"], as_numpy=False))
+    arrays = list(responses(model, digits_test_loader, layers=["relu2"]))
+    on_cpu = list(responses(digits_model, digits_test_loader, layers=["relu2"]))
+    for tensor_fields, array_fields, cpu_fields in zip(tensors, arrays, on_cpu, strict=True):
+        assert tensor_fields["relu2"].device.type == "cuda"
+        np.testing.assert_array_equal(tensor_fields["relu2"].cpu().numpy(), array_fields["relu2"])
+        np.testing.assert_allclose(array_fields["relu2"], cpu_fields["relu2"], atol=1e-5)

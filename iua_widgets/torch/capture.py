@@ -155,7 +155,7 @@ class Responses:
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Yield one dict of response name to array per batch of ``data``."""
+        """Yield one dict of response name to array (or tensor) per batch of ``data``."""
         first_counts: dict[str, int] | None = None
         batches = inputs = 0
         logger.info("Capturing layers %s of %s", list(self.layers), type(self.model).__name__)
@@ -203,10 +203,11 @@ class Responses:
         return None
 
     def capture_batch(self, batch: Any, index: int = 0) -> dict[str, list[torch.Tensor]]:
-        """Run one batch through the model and return each layer's outputs in call order.
+        """Run one batch through the model and return copies of each layer's outputs.
 
-        The model's hooks and training flags are restored before this returns
-        or raises, KeyboardInterrupt included.
+        Outputs are listed in call order. The hooks added here are removed and
+        every training flag is restored before this returns or raises,
+        KeyboardInterrupt included.
         """
         args, kwargs = _model_inputs(batch, index)
         args = _to_device(args, self.device)
