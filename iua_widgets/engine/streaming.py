@@ -6,12 +6,14 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from .atomic import deferred_interrupt
 from .grid import grid_index, native_thresholds, threshold_grid, validate_tolerance
 from .layer import PER_INPUT_POLICIES, UNITS, LayerStats, as_units, channel_unit_shape
 from .result import Result
@@ -139,7 +141,7 @@ class StreamingIUA:
                 # count the values themselves.
                 part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
             prepared[name] = part
-        with self._lock:
+        with self._lock, deferred_interrupt():
             for name, array in arrays.items():
                 layer = self._layers.get(name)
                 if layer is None:
@@ -160,8 +162,28 @@ class StreamingIUA:
             self._last_update = now
             self.inputs_seen += inputs
             self.batches_seen += 1
+        self._warn_nonfinite()
         for observer in list(self._observers):
             observer(self)
+
+    def _warn_nonfinite(self) -> None:
+        # One warning per layer, when its first NaN or inf arrives.
+        warned = self.__dict__.setdefault("_nonfinite_warned", set())
+        for name, layer in list(self._layers.items()):
+            # NOTE: device-side layers are not checked here, because reading their
+            # count would synchronise the device on every batch; Result.nonfinite
+            # still reports it.
+            if isinstance(layer, TorchLayerStats):
+                continue
+            if name not in warned and layer.nonfinite:
+                warned.add(name)
+                warnings.warn(
+                    f"Response {name!r} contains {layer.nonfinite} NaN or infinite values. "
+                    "They count as active (numpy.isclose returns False for them) and are "
+                    "reported in Result.nonfinite; check the model for overflow or divergence.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
 
     def _update_on_device(self, arrays: dict[str, Any], inputs: int) -> None:
         prepared = {}
@@ -183,9 +205,10 @@ class StreamingIUA:
                     if values.is_floating_point():
                         part.nonfinite = (~torch.isfinite(values)).sum()
                 prepared[name] = (layer, part)
-            for name, (layer, part) in prepared.items():
-                self._layers.setdefault(name, layer)
-                layer.apply(part)
+            with deferred_interrupt():
+                for name, (layer, part) in prepared.items():
+                    self._layers.setdefault(name, layer)
+                    layer.apply(part)
         self._finish_update(arrays, inputs)
 
     def _unit_shape(self, array: np.ndarray, name: str) -> tuple[int, ...]:
@@ -247,8 +270,26 @@ class StreamingIUA:
         """Feed every batch of ``producer`` (any form ``IUA.introspect`` takes)."""
         from ..sources import iter_batches
 
-        for batch in iter_batches(producer, batch_size=batch_size):
-            self.update(batch)
+        batches = iter_batches(producer, batch_size=batch_size)
+        index = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as error:
+                error.add_note(
+                    f"Raised by the producer while reading batch {index}; the "
+                    f"{index} batches before it are applied and kept."
+                )
+                raise
+            try:
+                self.update(batch)
+            except Exception as error:
+                error.add_note(f"Raised while applying batch {index}; it was not applied.")
+                raise
+            index += 1
+        logger.info("Consumed %d batches, %d inputs in all", index, self.inputs_seen)
         return self
 
     # -- observing -------------------------------------------------------
@@ -289,7 +330,7 @@ class StreamingIUA:
         with self._lock:
             return sum(layer.nbytes() for layer in self._layers.values())
 
-    # -- answering -------------------------------------------------------
+    # -- results ---------------------------------------------------------
 
     def threshold_index(self, atol: float | None = None, *, snap: bool = False) -> int:
         """Grid index of ``atol`` (the starting ``atol`` when ``None``)."""
@@ -361,7 +402,7 @@ class StreamingIUA:
         )
 
     def layer_stats(self, name: str) -> LayerStats:
-        """The cache of one layer (read-only use)."""
+        """Return the cache of one layer, for reading only."""
         return self._layers[name]
 
     # -- scale-out (logic in persist.py and merge.py) ------------------------

@@ -1,0 +1,122 @@
+"""Nothing is lost when a stream fails: atomic batches, kept statistics, clear reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+
+from iua_widgets import IUA, StreamingIUA
+from iua_widgets.engine import layer as layer_module
+from iua_widgets.engine.atomic import deferred_interrupt
+
+
+def test_producer_error_names_batch_and_keeps_statistics():
+    def producer():
+        yield {"a": np.zeros((2, 3))}
+        yield {"a": np.ones((2, 3))}
+        raise OSError("disk gone")
+
+    engine = StreamingIUA()
+    with pytest.raises(OSError) as caught:
+        engine.consume(producer())
+    assert "batch 2" in "".join(caught.value.__notes__)
+    assert engine.results["a"].inputs == 4
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, [2, 2, 2])
+
+
+def test_keyboard_interrupt_between_batches_keeps_statistics():
+    def producer():
+        yield {"a": np.zeros((3, 2)), "b": np.zeros((3, 1))}
+        raise KeyboardInterrupt
+
+    engine = StreamingIUA()
+    with pytest.raises(KeyboardInterrupt):
+        engine.consume(producer())
+    assert engine.results["a"].inputs == 3
+    assert engine.results["b"].inputs == 3
+    engine.update({"a": np.ones((1, 2)), "b": np.ones((1, 1))})
+    assert engine.results["a"].inputs == 4
+
+
+def test_interrupt_during_apply_is_deferred_until_batch_is_whole():
+    engine = StreamingIUA()
+    applied = []
+    original = layer_module.LayerStats.apply
+
+    def apply_and_interrupt(self, part):
+        original(self, part)
+        applied.append(self.name)
+        if len(applied) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    layer_module.LayerStats.apply = apply_and_interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.update({"a": np.zeros((2, 2)), "b": np.zeros((2, 2))})
+    finally:
+        layer_module.LayerStats.apply = original
+    assert applied == ["a", "b"]
+    assert engine.results["a"].inputs == 2
+    assert engine.results["b"].inputs == 2
+
+
+def test_deferred_interrupt_raises_after_block():
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True
+    assert finished
+
+
+def test_failed_batch_is_not_applied_to_any_layer():
+    engine = StreamingIUA()
+    engine.update({"a": np.zeros((2, 2)), "b": np.zeros((2, 3))})
+    with pytest.raises(ValueError):
+        engine.update({"a": np.zeros((2, 2)), "b": np.zeros((2, 4))})
+    assert engine.results["a"].inputs == 2
+    assert engine.inputs_seen == 2
+
+
+def test_counts_move_to_int64_before_uint32_overflows(monkeypatch):
+    monkeypatch.setattr(layer_module, "_UINT32_LIMIT", 5)
+    engine = StreamingIUA()
+    engine.update({"a": np.zeros((4, 2))})
+    assert engine.layer_stats("a").cumulative.dtype == np.uint32
+    engine.update({"a": np.zeros((4, 2))})
+    assert engine.layer_stats("a").cumulative.dtype == np.int64
+    result = engine.results["a"]
+    assert result.unit_inactive_count.dtype == np.int64
+    np.testing.assert_array_equal(result.unit_inactive_count, [8, 8])
+
+
+def test_nonfinite_warns_once_per_layer():
+    engine = StreamingIUA()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.update({"a": np.array([[np.nan, 0.0]])})
+        engine.update({"a": np.array([[np.inf, 0.0]])})
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1
+    assert "'a'" in messages[0]
+    assert engine.results["a"].nonfinite == 2
+
+
+def test_mixed_numpy_and_torch_batches():
+    torch = pytest.importorskip("torch")
+    engine = StreamingIUA()
+    engine.update({"a": np.zeros((2, 3), dtype=np.float32)})
+    engine.update({"a": torch.ones((1, 3))})
+    engine.update({"a": torch.zeros((1, 3), dtype=torch.bfloat16)})
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, [3, 3, 3])
+
+
+def test_generator_exhausted_twice_is_a_clear_error():
+    batches = iter([{"a": np.zeros((1, 1))}])
+    IUA.introspect(batches)
+    with pytest.raises(ValueError, match="no inputs"):
+        IUA.introspect(batches)
