@@ -268,9 +268,12 @@ class StreamingIUA:
 
     def consume(self, producer: Any, *, batch_size: int = 32) -> StreamingIUA:
         """Feed every batch of ``producer`` (any form ``IUA.introspect`` takes)."""
-        from ..sources import iter_batches
+        from ..sources import expected_inputs, iter_batches
 
         batches = iter_batches(producer, batch_size=batch_size)
+        expected = expected_inputs(producer)
+        if expected is not None and self.expected_inputs is None:
+            self.expected_inputs = self.inputs_seen + expected
         index = 0
         while True:
             try:

@@ -1,5 +1,5 @@
 """Sources of responses: arrays, generators, DNIKit producers, PyTorch models."""
 
-from .producers import iter_batches, split_dataset
+from .producers import expected_inputs, iter_batches, split_dataset
 
-__all__ = ["iter_batches", "split_dataset"]
+__all__ = ["expected_inputs", "iter_batches", "split_dataset"]

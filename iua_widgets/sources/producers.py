@@ -56,3 +56,15 @@ def iter_batches(producer: Any, *, batch_size: int = 32) -> Iterator[Mapping[str
         )
     for index, item in enumerate(items):
         yield _fields(item, index)
+
+
+def expected_inputs(producer: Any) -> int | None:
+    """Number of inputs ``producer`` will yield, when it can be known without reading it.
+
+    Known for a mapping of whole-dataset arrays and for producers with an
+    ``expected_inputs`` attribute (PyTorch captures over a sized loader).
+    """
+    if isinstance(producer, Mapping):
+        return len(next(iter(producer.values()))) if producer else 0
+    value = getattr(producer, "expected_inputs", None)
+    return int(value) if isinstance(value, int) else None
