@@ -95,6 +95,27 @@ class IUA:
         """Per-response results at another grid ``atol``, from the cache alone."""
         return self._engine.results_at(atol=atol, rtol=rtol, snap=snap)
 
+    def save(self, path: Any) -> Any:
+        """Write the analysis to ``path`` atomically; returns the ``pathlib.Path`` written."""
+        return self._engine.save(path)
+
+    @staticmethod
+    def load(path: Any) -> IUA:
+        """Read a file written by :meth:`save` (or ``StreamingIUA.save``).
+
+        Raises ``iua_widgets.engine.persist.AnalysisFileError`` (a ``ValueError``)
+        for a corrupt, truncated, foreign or newer-version file.
+        """
+        return IUA(StreamingIUA.load(path))
+
+    def merge(self, *others: IUA | StreamingIUA) -> IUA:
+        """Return the analysis of the union of the inputs, exactly, as a new ``IUA``.
+
+        Call as ``IUA.merge(a, b, ...)`` or ``a.merge(b, ...)``; see
+        ``StreamingIUA.merge``; the first part may also be a ``StreamingIUA``.
+        """
+        return IUA(StreamingIUA.merge(self, *others))
+
     @staticmethod
     def show(
         iua: IUA | StreamingIUA,
