@@ -1,0 +1,147 @@
+"""Training timeline and training dashboard trait state, without a browser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from iua_widgets.models.mlp import (  # noqa: E402
+    HIDDEN_LAYERS,
+    HIGH_LR,
+    build_digits_mlp,
+    digits_tracker,
+    train_digits_mlp,
+)
+from iua_widgets.widgets.timeline import TrainingTimeline, _last_of_each_epoch  # noqa: E402
+from iua_widgets.widgets.training import TrainingDashboard  # noqa: E402
+
+from .widget_recorder import browser_update, install  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = build_digits_mlp(seed=0)
+    tracker = digits_tracker(model, every=15)
+    train_digits_mlp(model, lr=HIGH_LR, epochs=4, tracker=tracker)
+    return tracker
+
+
+def expected_percent(tracker, atol, column):
+    frame = tracker.timeline(atol=atol)
+    return np.array([frame[frame["layer"] == name][column].to_numpy() for name in HIDDEN_LAYERS])
+
+
+def test_timeline_draws_tracker_curves(trained, monkeypatch):
+    install(monkeypatch)
+    timeline = TrainingTimeline(trained)
+    steps = [snapshot.step for snapshot in trained.snapshots]
+    assert list(timeline.dead_plot.lines.x) == steps
+    np.testing.assert_array_equal(timeline.dead_plot.lines.y, expected_percent(trained, 1e-8, "dead %"))
+    np.testing.assert_array_equal(
+        timeline.inactive_plot.lines.y, expected_percent(trained, 1e-8, "mean inactive %")
+    )
+    assert list(timeline.dead_plot.lines.labels) == list(HIDDEN_LAYERS)
+    assert timeline.status.value.startswith(f"{len(steps)} snapshots; last at step {steps[-1]}")
+
+
+def test_timeline_atol_recomputes_from_cache(trained, monkeypatch):
+    recorder = install(monkeypatch)
+    timeline = TrainingTimeline(trained)
+    recorder.clear()
+    browser_update(timeline.atol_slider, index=list(trained.grid).index(0.1))
+    assert timeline.atol == 0.1
+    np.testing.assert_array_equal(timeline.dead_plot.lines.y, expected_percent(trained, 0.1, "dead %"))
+    assert "atol=0.1" in timeline.dead_plot.figure.title
+    assert recorder.updates(timeline.dead_plot.lines.model_id)
+
+
+def test_timeline_highlights_selected_layer(trained, monkeypatch):
+    install(monkeypatch)
+    timeline = TrainingTimeline(trained, layer="act2")
+    assert timeline.dead_plot.lines.opacities == [0.35, 1.0]
+    np.testing.assert_array_equal(timeline.dead_plot.selected.y, timeline.dead_plot.lines.y[1])
+    timeline.layer = "act1"
+    assert timeline.dead_plot.lines.opacities == [1.0, 0.35]
+    np.testing.assert_array_equal(timeline.inactive_plot.selected.y, timeline.inactive_plot.lines.y[0])
+    with pytest.raises(ValueError, match="No tracked layer named 'fc1'"):
+        timeline.layer = "fc1"
+
+
+def test_timeline_against_epoch(trained, monkeypatch):
+    install(monkeypatch)
+    timeline = TrainingTimeline(trained, x="epoch")
+    frame = trained.timeline()
+    last_rows = frame.dropna(subset=["epoch"]).groupby("epoch").tail(len(HIDDEN_LAYERS))
+    act1 = last_rows[last_rows["layer"] == "act1"]
+    assert list(timeline.dead_plot.lines.x) == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(timeline.dead_plot.lines.y[0], act1["dead %"].to_numpy())
+    assert timeline.dead_plot.x_axis.label == "epoch"
+
+
+def test_last_of_each_epoch():
+    epochs = np.array([np.nan, 0, 0, 1, 1, 1, 3, np.nan])
+    assert list(_last_of_each_epoch(epochs)) == [2, 5, 6]
+    assert list(_last_of_each_epoch(np.array([np.nan]))) == []
+
+
+def test_timeline_updates_live(monkeypatch):
+    install(monkeypatch)
+    model = build_digits_mlp(seed=0)
+    tracker = digits_tracker(model, every=10)
+    timeline = TrainingTimeline(tracker, redraw_interval=0.0)
+    assert timeline.status.value == "No snapshot yet."
+    drawn = []
+    tracker.observe(lambda tracker: drawn.append(len(timeline.dead_plot.lines.x)))
+    train_digits_mlp(model, lr=HIGH_LR, epochs=1, tracker=tracker)
+    assert drawn[:3] == [1, 2, 3]  # each snapshot drawn before the next observer ran
+    assert len(timeline.dead_plot.lines.x) == len(tracker.snapshots)
+    timeline.close()
+    tracker.snapshot()
+    assert len(timeline.dead_plot.lines.x) == len(tracker.snapshots) - 1
+
+
+def test_timeline_shows_observer_errors(monkeypatch):
+    install(monkeypatch)
+    model = build_digits_mlp(seed=0)
+    tracker = digits_tracker(model)
+    timeline = TrainingTimeline(tracker, redraw_interval=0.0)
+
+    def broken(atol=None, **kwargs):
+        raise RuntimeError("curves unavailable")
+
+    monkeypatch.setattr(tracker, "curves", broken)
+    tracker.snapshot()
+    assert "curves unavailable" in timeline.errors.value
+
+
+def test_training_dashboard_links_layer_and_atol(trained, monkeypatch):
+    install(monkeypatch)
+    view = TrainingDashboard(trained)
+    dashboard = view.dashboard
+    assert dashboard is not None
+    assert dashboard.engine is trained.latest
+    view.timeline.layer = "act2"
+    assert dashboard.layer == "act2"
+    browser_update(dashboard.layer_select, index=0)
+    assert view.timeline.layer == "act1"
+    view.timeline.atol = 1e-3
+    assert dashboard.atol == 1e-3
+    dashboard.atol = 0.5
+    assert view.timeline.atol == 0.5
+
+
+def test_training_dashboard_follows_latest_snapshot(monkeypatch):
+    install(monkeypatch)
+    model = build_digits_mlp(seed=0)
+    tracker = digits_tracker(model, every=10)
+    view = TrainingDashboard(tracker, redraw_interval=0.0, dashboard_interval=0.0)
+    assert view.dashboard is None
+    train_digits_mlp(model, lr=HIGH_LR, epochs=1, tracker=tracker)
+    assert view.dashboard.engine is tracker.latest
+    frame = view.dashboard.table_frame().set_index("layer")
+    last = tracker.timeline().groupby("layer").tail(1).set_index("layer")
+    for layer in HIDDEN_LAYERS:
+        assert frame.loc[layer, "dead %"] == last.loc[layer, "dead %"]
