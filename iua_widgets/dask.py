@@ -4,10 +4,10 @@
 >>> from iua_widgets.dask import introspect
 >>> iua = introspect({"relu1": da.from_zarr("relu1.zarr")}, atol=1e-8)
 
-Each chunk of inputs is analysed by one task; the partial caches are merged
+Each chunk of inputs is analysed by one task. The partial caches are merged
 in a tree whose nodes combine neighbouring chunks in input order, so the
-result equals, bit for bit, one run over all inputs. No task ever holds more
-than one chunk of responses.
+result equals, bit for bit, one run over all inputs. No task reads more than
+one chunk of responses.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def introspect(
     responses
         Response name to Dask array; axis 0 is the input axis and every
         array has the same number of inputs. Arrays chunked along any other
-        axis are rechunked to one chunk there (a task needs whole inputs);
-        arrays whose input chunks differ from the first array's are
-        rechunked to match it. Both are logged.
+        axis are rechunked to one chunk there, because a task needs whole
+        inputs. Arrays whose input chunks differ from the first array's are
+        rechunked to match it. Both rechunks are logged.
     rtol, atol, unit, channel_axis, per_input
         As for ``IUA.introspect``.
     split_every
@@ -160,9 +160,8 @@ def _aligned(responses: Mapping[str, Any]) -> dict[str, da.Array]:
 def _chunk_state(settings: dict[str, Any], names: list[str], *blocks: Any) -> AnalysisState:
     """Analyse one chunk of inputs of every response."""
     engine = StreamingIUA(**settings)
-    # The NaN and inf warning is given once for the whole analysis by
-    # introspect, not once per chunk; warnings filters are not thread-safe,
-    # so mark every layer as warned instead of filtering.
+    # introspect warns about NaN and inf once for the whole analysis. Filters
+    # of the warnings module are not thread-safe, so mark every layer as warned.
     engine._nonfinite_warned = set(names)
     engine.update(dict(zip(names, blocks, strict=True)))
     return capture(engine)

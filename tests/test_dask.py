@@ -15,7 +15,7 @@ from iua_widgets import IUA
 from iua_widgets.dask import introspect
 from tests.analysis_compare import assert_same_analysis, make_batches, run
 
-# The data holds NaN and inf on purpose; test_nonfinite_warned_once_per_layer checks the warning.
+# The data contains NaN and inf on purpose; test_nonfinite_warned_once_per_layer checks the warning.
 pytestmark = pytest.mark.filterwarnings("ignore:Response .* NaN or infinite:RuntimeWarning")
 
 

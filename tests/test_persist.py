@@ -177,11 +177,11 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     run(make_batches(7, [3])).save(path)
     before = path.read_bytes()
 
-    def broken_savez(stream, **members):
+    def broken_write(stream, members):
         stream.write(b"PK\x03\x04 partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", broken_savez)
+    monkeypatch.setattr(persist, "write_npz", broken_write)
     with pytest.raises(OSError, match="disk full"):
         run(make_batches(8, [9])).save(path)
 
@@ -195,15 +195,15 @@ def test_crash_mid_write_never_truncates(tmp_path):
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import os
-        import numpy as np
+        from iua_widgets.engine import persist
         from tests.analysis_compare import make_batches, run
 
-        def crash(stream, **members):
+        def crash(stream, members):
             stream.write(b"PK\\x03\\x04 half an archive")
             stream.flush()
             os._exit(3)
 
-        np.savez_compressed = crash
+        persist.write_npz = crash
         run(make_batches(10, [5])).save({str(path)!r})
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -69,7 +69,7 @@ def load_bytes(folder: Path, data: bytes) -> StreamingIUA | None:
 
 
 def assert_consistent(engine: StreamingIUA) -> None:
-    """Every grid threshold answers, with counts inside their ranges."""
+    """Check that every grid threshold returns results with counts inside their ranges."""
     for atol in engine.grid:
         for name, result in engine.results_at(atol=float(atol)).items():
             counts = result.unit_inactive_count
@@ -78,7 +78,8 @@ def assert_consistent(engine: StreamingIUA) -> None:
             assert np.all((counts >= 0) & (counts <= result.inputs)), name
             assert 0 <= result.dead_units <= result.units
             assert 0.0 <= result.mean_inactive <= result.units
-            assert math.isfinite(result.std_inactive) and result.std_inactive >= 0.0
+            assert math.isfinite(result.std_inactive)
+            assert result.std_inactive >= 0.0
             if result.inactive is not None:
                 assert len(result.inactive) == result.inputs
                 assert result.mean_inactive == float(np.mean(result.inactive))

@@ -4,8 +4,8 @@ Every check raises ``InvalidContent`` with a sentence naming the field or
 layer and the problem; ``persist.load`` turns it into ``AnalysisFileError``
 with the file's path. Nothing here trusts a value it has not checked: types,
 ranges, shapes and dtypes are checked before any array is allocated, and the
-counts are checked against each other so that a file that decodes cleanly
-also answers every threshold without error.
+counts are checked against each other, so a file that decodes cleanly also
+returns results at every threshold without error.
 """
 
 from __future__ import annotations
@@ -210,9 +210,9 @@ def check_layer(layer: LayerState, state: AnalysisState) -> None:
     """Check that the counts of one layer are consistent with each other.
 
     Cumulative counts lie in ``[0, inputs]`` and never decrease along the
-    grid; their row sums equal ``count_sums``; the sums obey the bounds of
-    per-input counts in ``[0, units]`` (so the variance is never negative);
-    per-input detail, when kept, lies in ``[0, units]``, never decreases
+    grid, and their row sums equal ``count_sums``. The sums obey the bounds
+    of per-input counts in ``[0, units]``, so the variance is never negative.
+    Per-input detail, when kept, lies in ``[0, units]``, never decreases
     along the grid and adds up to ``count_sums`` and ``count_square_sums``.
     """
     name, inputs, units = layer.name, layer.inputs, layer.units

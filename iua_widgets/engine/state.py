@@ -120,7 +120,7 @@ def capture(engine: StreamingIUA) -> AnalysisState:
 
 
 def _on_host(array: Any) -> np.ndarray:
-    """A numpy array from a numpy array or a PyTorch tensor on any device."""
+    """Convert a numpy array or a PyTorch tensor on any device to a numpy array."""
     if hasattr(array, "detach") and hasattr(array, "cpu"):
         return array.detach().cpu().numpy()
     return np.asarray(array)
@@ -170,8 +170,8 @@ def restore(state: AnalysisState, *, max_cache_bytes: int = DEFAULT_MAX_CACHE_BY
         max_cache_bytes=max_cache_bytes,
     )
     if not np.array_equal(engine.grid, state.grid):
-        # A grid other than this version's default (for example from a file
-        # written by another version): answer on it and bin new batches on it.
+        # The grid differs from this version's default, for example in a file
+        # written by another version. Results and new batches use the saved grid.
         engine.grid = np.array(state.grid, dtype=np.float64)
         engine.start_index = grid_index(engine.grid, engine.atol)
         engine._thresholds = {

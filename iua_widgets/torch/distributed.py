@@ -1,8 +1,8 @@
 """Combine the analyses of all ranks of a ``torch.distributed`` process group, exactly.
 
-Each rank analyses its own shard of the inputs; ``all_reduce`` gives every
-rank the analysis of all shards, as one run over the shards in rank order
-would give it.
+Each rank analyses its own shard of the inputs. ``all_reduce`` then gives
+every rank the analysis of all shards, equal to one run over the shards in
+rank order.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ def all_reduce(analysis: IUA | StreamingIUA, group: Any = None) -> IUA | Streami
     """Return the analysis of the inputs of every rank in ``group``, on every rank.
 
     A collective call: every rank of ``group`` (the default process group
-    when ``None``) must call it. The result is exact: cumulative counts are
-    summed in int64, the per-threshold sums and sums of squares travel as
-    decimal text and add up as Python ints (no overflow at any size), and
-    per-input detail is gathered and concatenated in rank order. So the
-    result equals, bit for bit, one run over the shards of rank 0, 1, ... in
+    when ``None``) must call it. The result is exact. Cumulative counts are
+    summed in int64. The per-threshold sums and sums of squares travel as
+    decimal text and add up as Python ints, which cannot overflow. Per-input
+    detail is gathered and concatenated in rank order. So the result equals, bit for bit, one run over the shards of rank 0, 1, ... in
     that order. Layers seen by only some ranks keep their own input counts.
 
     With the NCCL backend the tensors travel on the current CUDA device
@@ -101,11 +100,12 @@ def all_reduce(analysis: IUA | StreamingIUA, group: Any = None) -> IUA | Streami
     for name, parts in layout.items():
         merged.layers.append(_reduce_layer(name, parts, local.get(name), merged, group, device))
     reduced = restore(merged, max_cache_bytes=engine.max_cache_bytes)
-    logger.info("Reduced analysis holds %d inputs", reduced.inputs_seen)
+    logger.info("Reduced analysis contains %d inputs", reduced.inputs_seen)
     return IUA(reduced) if isinstance(analysis, IUA) else reduced
 
 
 def _device(group: Any) -> torch.device:
+    # NOTE: the NCCL branch has not run in the test suite, which uses gloo on CPU.
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
