@@ -14,6 +14,7 @@ except ImportError as error:
     ) from error
 
 from .capture import ResponseBatch, Responses, responses
+from .distributed import all_reduce
 from .layers import LayerSpec
 
-__all__ = ["LayerSpec", "ResponseBatch", "Responses", "responses"]
+__all__ = ["LayerSpec", "ResponseBatch", "Responses", "all_reduce", "responses"]
