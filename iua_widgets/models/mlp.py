@@ -150,6 +150,7 @@ def train_digits_mlp(
     batch_size: int = 32,
     momentum: float = 0.9,
     seed: int = 0,
+    max_grad_norm: float | None = None,
     tracker: Any = None,
 ) -> TrainingLog:
     """Train ``model`` on the digits train split with SGD and cross-entropy.
@@ -167,6 +168,9 @@ def train_digits_mlp(
         Passes over the 1,437 training images, and images per step.
     seed
         Seed of the batch order.
+    max_grad_norm
+        If given, gradients are clipped to this total L2 norm before each
+        step (``torch.nn.utils.clip_grad_norm_``).
     tracker
         A :class:`~iua_widgets.torch.tracking.TrainingTracker` (or ``None``).
         It is started before the first step, closed after the last, and its
@@ -187,6 +191,8 @@ def train_digits_mlp(
                 loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
                 optimizer.step()
                 log.losses.append(float(loss.detach()))
                 log.steps += 1
