@@ -147,7 +147,8 @@ def main() -> None:
     print(f"grid thresholds: {grid}")
     print(f"cache per unit (table and heatmap statistics): {per_unit:.0f} B "
           "(independent of the number of inputs; 8 B per threshold past 2**32 inputs)")
-    print(f"per input per layer, per_input='grid': {4 * grid} B; 'start': 8 B; 'none': 0 B")
+    print(f"per input per layer, per_input='grid': {2 * grid} B below 65,536 units, "
+          f"{4 * grid} B from 65,536; 'start': 8 B; 'none': 0 B")
     print(f"engine.nbytes() for 4 x 262,144 units and 256 inputs: {engine.nbytes() / 2**20:.1f} MiB")
 
     print("\n== First call ==")

@@ -14,6 +14,15 @@ PER_INPUT_POLICIES = ("grid", "start", "none")
 _UINT32_LIMIT = np.iinfo(np.uint32).max
 
 
+def detail_dtype(units: int) -> np.dtype:
+    """Narrowest integer type holding a per-input count of up to ``units`` units."""
+    if units < 2**16:
+        return np.dtype(np.uint16)
+    if units < 2**31:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
 @dataclass
 class BatchContribution:
     """What one batch adds to one layer's statistics, computed before any of it is applied."""
@@ -75,8 +84,8 @@ class LayerStats:
     squares of per-input inactive counts (Python ints).
 
     Per-input detail depends on ``per_input``: ``"grid"`` keeps every
-    input's inactive count at every grid threshold (4 bytes per input per
-    threshold), ``"start"`` only at the starting threshold (8 bytes per
+    input's inactive count at every grid threshold (2 bytes per input per
+    threshold for layers of fewer than 65,536 units, else 4 or 8), ``"start"`` only at the starting threshold (8 bytes per
     input) and ``"none"`` keeps none; then ``inactive`` is ``None`` and the
     standard deviation comes from the sums.
     """
@@ -119,7 +128,7 @@ class LayerStats:
             self.count_sums[j] += int(sums[j])
             self.count_square_sums[j] += int(square_sums[j])
         if self.per_input == "grid":
-            self._input_counts.append(counts.astype(np.int32 if self.units < 2**31 else np.int64))
+            self._input_counts.append(counts.astype(detail_dtype(self.units)))
         elif self.per_input == "start":
             self._input_counts.append(counts[:, self.start_index].astype(np.int64))
         self.inputs += part.inputs

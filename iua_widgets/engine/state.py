@@ -134,7 +134,11 @@ def _capture_layer(layer: LayerStats, state: AnalysisState) -> LayerState:
     detail: np.ndarray | None = None
     if state.per_input == "grid":
         if pieces:
+            # The file format stores int32 or int64, whatever narrower type
+            # the engine keeps in memory.
             detail = np.concatenate(pieces)
+            if detail.dtype.itemsize < 4:
+                detail = detail.astype(np.int32)
         else:
             detail = np.zeros((0, grid_size), dtype=np.int32)
     elif state.per_input == "start":

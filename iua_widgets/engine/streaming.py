@@ -57,8 +57,8 @@ class StreamingIUA:
     channel_axis
         Axis of the full response array holding channels: 1 for NCHW, -1 for NHWC.
     per_input
-        Per-input detail kept: ``"grid"`` (every threshold, 4 bytes per input,
-        layer and threshold), ``"start"`` (``atol`` only, 8 bytes per input and
+        Per-input detail kept: ``"grid"`` (every threshold, 2 bytes per input,
+        layer and threshold, 4 from 65,536 units), ``"start"`` (``atol`` only, 8 bytes per input and
         layer) or ``"none"``.
     max_cache_bytes
         Limit on the threshold cache of all layers; a layer that would pass it
