@@ -1,0 +1,212 @@
+"""Dashboard controls: threshold selection, streaming progress and the error area."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Callable
+
+import ipywidgets as widgets
+import numpy as np
+
+from ..engine.grid import grid_index
+
+logger = logging.getLogger(__name__)
+
+#: Errors listed in the error area; older ones are counted, not shown.
+MAX_SHOWN_ERRORS = 20
+
+
+def format_threshold(value: float) -> str:
+    """Readable label of a grid threshold: ``0``, ``1e-08``, ``2e-08``, ``0.5``.
+
+    Falls back to ``repr`` when the short form would not parse back to ``value``.
+    """
+    value = float(value)
+    if value == 0.0:
+        return "0"
+    label = f"{value:g}"
+    return label if float(label) == value else repr(value)
+
+
+class ThresholdControls(widgets.VBox):
+    """The atol slider over the engine's grid, a typeable atol box and the rtol box.
+
+    The slider is a ``SelectionSlider``, so it reaches 0 and every grid value,
+    but its readout is read-only. The text box beside it takes a typed value
+    and Enter, snaps it to the nearest grid value on a log scale and shows a
+    note when it did.
+    ``rtol`` is kept for DNIKit compatibility and marked as having no effect,
+    because against a zero reference ``isclose(x, 0)`` is ``|x| <= atol``.
+    """
+
+    def __init__(self, grid: np.ndarray, atol: float, rtol: float) -> None:
+        self.grid = np.asarray(grid, dtype=np.float64)
+        options = [(format_threshold(v), float(v)) for v in self.grid]
+        start = float(self.grid[grid_index(self.grid, atol)])
+        self.slider = widgets.SelectionSlider(
+            options=options, value=start, description="atol", continuous_update=True,
+            layout=widgets.Layout(width="420px"),
+        )
+        self.slider.add_class("iua-atol")
+        self.text = widgets.Text(
+            value=format_threshold(start), continuous_update=False,
+            placeholder="type atol, Enter", layout=widgets.Layout(width="110px"),
+            tooltip="Type an atol and press Enter; it snaps to the nearest grid value.",
+        )
+        self.text.add_class("iua-atol-text")
+        self.note = widgets.HTML("")
+        self.note.add_class("iua-atol-note")
+        self.rtol_box = widgets.FloatText(
+            value=rtol, description="rtol", layout=widgets.Layout(width="200px"),
+            tooltip="isclose(x, 0, rtol, atol) is |x| <= atol: rtol has no effect.",
+        )
+        self.rtol_box.add_class("iua-rtol")
+        self.rtol_note = widgets.HTML("<i>rtol: no effect against a zero reference</i>")
+        self.rtol_note.add_class("iua-rtol-note")
+        super().__init__(
+            children=[
+                widgets.HBox([self.slider, self.text, self.note]),
+                widgets.HBox([self.rtol_box, self.rtol_note]),
+            ]
+        )
+        self.add_class("iua-threshold-controls")
+        self._last_rtol = float(rtol)
+        self.slider.observe(self._on_slider, names="value")
+        self.text.observe(self._on_text, names="value")
+        self.rtol_box.observe(self._on_rtol, names="value")
+
+    @property
+    def atol(self) -> float:
+        return float(self.slider.value)
+
+    @property
+    def rtol(self) -> float:
+        return self._last_rtol
+
+    def _on_slider(self, change: dict) -> None:
+        self.text.value = format_threshold(change["new"])
+
+    def _on_text(self, change: dict) -> None:
+        typed = change["new"].strip()
+        if typed == format_threshold(self.slider.value):
+            return  # the slider wrote its own label
+        try:
+            index = grid_index(self.grid, float(typed), snap=True)
+        except ValueError:
+            self.text.value = format_threshold(self.slider.value)
+            self.note.value = html.escape(
+                f"{typed!r} is not a valid atol; type a number >= 0 such as 1e-8."
+            )
+            return
+        value = float(self.grid[index])
+        label = format_threshold(value)
+        self.slider.value = value
+        self.text.value = label
+        if float(typed) != value:
+            self.note.value = html.escape(f"{typed} is not on the grid; snapped to {label}.")
+        else:
+            self.note.value = ""
+
+    def _on_rtol(self, change: dict) -> None:
+        value = change["new"]
+        if not np.isfinite(value) or value < 0:
+            self.note.value = html.escape(f"rtol must be finite and >= 0, got {value!r}.")
+            self.rtol_box.value = self._last_rtol
+            return
+        self._last_rtol = float(value)
+
+
+class ProgressControls(widgets.HBox):
+    """Progress bar and label (inputs seen / expected, inputs/s) with pause, resume and cancel."""
+
+    def __init__(self) -> None:
+        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="inputs")
+        self.bar.add_class("iua-progress")
+        self.label = widgets.Label("0 inputs")
+        self.label.add_class("iua-progress-label")
+        self.pause_button = widgets.Button(description="Pause", icon="pause", disabled=True)
+        self.pause_button.add_class("iua-pause")
+        self.resume_button = widgets.Button(description="Resume", icon="play", disabled=True)
+        self.resume_button.add_class("iua-resume")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button.add_class("iua-cancel")
+        for button in (self.pause_button, self.resume_button, self.cancel_button):
+            button.layout.width = "100px"
+        super().__init__(
+            children=[
+                self.bar, self.label, self.pause_button, self.resume_button, self.cancel_button,
+            ]
+        )
+        self.add_class("iua-progress-controls")
+
+    def show(self, seen: int, expected: int | None, rate: float, state: str) -> None:
+        """Update the bar and label; ``state`` is a stream state or ``"idle"``."""
+        done = state == "finished"
+        with self.bar.hold_sync():
+            if expected:
+                self.bar.value = 1.0 if done else min(1.0, seen / expected)
+            else:
+                self.bar.value = 1.0 if done else 0.0
+            self.bar.bar_style = {
+                "finished": "success", "failed": "danger", "cancelled": "warning",
+                "paused": "info",
+            }.get(state, "")
+        text = f"{seen} / {expected} inputs" if expected else f"{seen} inputs"
+        if rate > 0:
+            text += f" · {rate:.0f} inputs/s"
+        if state not in ("idle", "running"):
+            text += f" · {state}"
+        self.label.value = text
+        running = state in ("running", "paused")
+        self.pause_button.disabled = state != "running"
+        self.resume_button.disabled = state != "paused"
+        self.cancel_button.disabled = not running
+
+
+class ErrorArea(widgets.HTML):
+    """Visible list of errors from observers and producers, newest last.
+
+    Text is HTML-escaped, so layer names and messages show literally.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(value="")
+        self.add_class("iua-errors")
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+
+    def report(self, message: str) -> None:
+        """Append ``message`` and show the latest ``MAX_SHOWN_ERRORS``."""
+        with self._lock:
+            self.messages.append(message)
+            shown = self.messages[-MAX_SHOWN_ERRORS:]
+            hidden = len(self.messages) - len(shown)
+        parts = [f"<pre>{html.escape(m)}</pre>" for m in shown]
+        if hidden:
+            parts.insert(0, f"<p>{hidden} earlier errors are not shown.</p>")
+        self.value = "<div class='iua-error-list'>" + "".join(parts) + "</div>"
+
+    def clear(self) -> None:
+        """Forget all errors."""
+        with self._lock:
+            self.messages.clear()
+        self.value = ""
+
+
+def guarded(errors: ErrorArea, context: str, callback: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a widget observer so that its exceptions appear in ``errors`` instead of vanishing.
+
+    ipywidgets only logs exceptions raised in trait observers, where a
+    notebook user rarely sees them.
+    """
+
+    def run(*args, **kwargs) -> None:
+        try:
+            callback(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - shown to the user and logged
+            logger.exception("%s failed", context)
+            errors.report(f"{context} failed: {type(error).__name__}: {error}")
+
+    return run

@@ -1,0 +1,287 @@
+"""Dashboard trait state without a browser: table, threshold, selection, drill-down, export."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import iua_widgets
+from iua_widgets import IUA, StreamingIUA
+from iua_widgets.results.table import results_frame
+from iua_widgets.widgets.dashboard import Dashboard
+from iua_widgets.widgets.drilldown import TOP_UNITS, activity_histogram, top_units
+from iua_widgets.widgets.heatmap import mark_color
+from iua_widgets.widgets.heatmap_grid import MAX_SIDE, heatmap_grid, to_rgb
+from iua_widgets.widgets.png import read_png
+
+from .widget_recorder import browser_update, install
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def make_engine(*, atol: float = 1e-8, seed: int = 0) -> StreamingIUA:
+    rng = np.random.default_rng(seed)
+    engine = StreamingIUA(atol=atol)
+    for _ in range(3):
+        conv = np.maximum(rng.normal(size=(16, 4, 6, 5)), 0)
+        conv[:, 0] = 0.0  # channel 0 is dead
+        dense = np.maximum(rng.normal(size=(16, 12)), 0) * rng.choice([0, 1e-9, 1e-7, 1], size=(16, 12))
+        dense[:, :3] = 0.0  # 3 of 12 dense units are dead
+        engine.update({"conv": conv, "dense": dense, XSS: rng.normal(size=(16, 3))})
+    return engine
+
+
+def expected_rows(engine: StreamingIUA, atol: float) -> pd.DataFrame:
+    frame = results_frame(engine.results_at(atol=atol)).rename(columns={"response": "layer"})
+    return frame.sort_values("layer", kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("atol", [0.0, 1e-8, 2e-8, 1e-6, 0.5])
+def test_table_matches_results_frame(atol):
+    engine = make_engine()
+    dash = Dashboard(engine)
+    dash.atol = atol
+    frame = dash.table_frame()
+    assert frame.attrs["atol"] == atol
+    want = expected_rows(engine, atol)
+    pd.testing.assert_frame_equal(frame.drop(columns="flagged"), want, check_dtype=False)
+
+
+def test_sort_trait_orders_table():
+    dash = Dashboard(make_engine())
+    browser_update(dash.table, sort_column="dead_pct", sort_ascending=False)
+    frame = dash.table_frame()
+    assert list(frame["dead %"]) == sorted(frame["dead %"], reverse=True)
+    assert list(frame["layer"]) == [row["layer"] for row in dash.table.rows]
+    browser_update(dash.table, sort_column="units", sort_ascending=True)
+    assert list(dash.table_frame()["units"]) == sorted(frame["units"])
+
+
+def test_threshold_change_uses_cache_only(monkeypatch):
+    engine = make_engine()
+    dash = Dashboard(engine, layer="dense")
+
+    def no_more_batches(batch):
+        raise AssertionError("a threshold change must not feed the engine")
+
+    monkeypatch.setattr(engine, "update", no_more_batches)
+    for atol in (0.0, 1e-7, 2e-8):
+        dash.thresholds.slider.value = atol
+        want = engine.layer_result("dense", atol=atol).unit_inactive_proportion
+        # The dense rule for 12 units: one row of 12 cells, no averaging.
+        np.testing.assert_array_equal(dash.heatmap.grid.values, want.reshape(1, 12).astype(np.float32))
+        np.testing.assert_array_equal(dash.heatmap.mark.color, mark_color(want.reshape(1, 12)))
+    assert engine.batches_seen == 3
+
+
+def test_threshold_change_conv_heatmap_is_channel_mean():
+    engine = make_engine()
+    dash = Dashboard(engine, layer="conv")
+    dash.atol = 0.5
+    want = engine.layer_result("conv", atol=0.5).unit_inactive_proportion
+    independent = np.mean(want, axis=0)
+    np.testing.assert_allclose(dash.heatmap.grid.values, independent.astype(np.float32), rtol=1e-6)
+    assert "conv" in dash.heatmap.figure.title
+
+
+def test_atol_text_box_snaps_to_grid():
+    dash = Dashboard(make_engine())
+    dash.thresholds.text.value = "3e-8"
+    assert dash.atol == 2e-8
+    assert dash.thresholds.text.value == "2e-08"
+    assert "snapped to 2e-08" in dash.thresholds.note.value
+    dash.thresholds.text.value = "0"
+    assert dash.atol == 0.0
+    assert dash.table_frame().attrs["atol"] == 0.0
+    dash.thresholds.text.value = "abc"
+    assert dash.atol == 0.0
+    assert "not a valid atol" in dash.thresholds.note.value
+    labels = [label for label, _ in dash.thresholds.slider.options]
+    assert "1e-08" in labels
+    assert "2e-08" in labels
+    assert labels[0] == "0"
+    dash.atol = 1e-8
+    assert dash.thresholds.slider.label == "1e-08"
+
+
+def test_off_grid_atol_rejected():
+    engine = make_engine()
+    with pytest.raises(ValueError, match="not on the threshold grid"):
+        Dashboard(engine, atol=3e-8)
+    dash = Dashboard(engine, atol=5e-8)
+    assert dash.atol == 5e-8
+    with pytest.raises(ValueError, match="nearest grid values are 2e-08 and 5e-08"):
+        dash.atol = 3e-8
+
+
+def test_rtol_marked_and_without_effect():
+    engine = make_engine()
+    dash = Dashboard(engine)
+    before = dash.table_frame()
+    assert "no effect against a zero reference" in dash.thresholds.rtol_note.value
+    dash.thresholds.rtol_box.value = 0.5
+    after = dash.table_frame()
+    assert after.attrs["rtol"] == 0.5
+    pd.testing.assert_frame_equal(before, after)
+    dash.thresholds.rtol_box.value = -1.0
+    assert dash.thresholds.rtol == 0.5
+    assert "rtol must be finite" in dash.thresholds.note.value
+
+
+def test_row_click_selects_layer():
+    engine = make_engine()
+    dash = Dashboard(engine)
+    assert dash.layer == "conv"  # first layer to arrive
+    browser_update(dash.table, selected="dense")
+    assert dash.layer == "dense"
+    assert dash.layer_select.value == "dense"
+    assert dash.heatmap.figure.title.startswith("dense · ")
+    assert dash.drilldown.table.caption.startswith("dense: top 12 of 12 units")
+    dash.layer_select.value = "conv"
+    assert dash.table.selected == "conv"
+    with pytest.raises(ValueError, match="No layer named 'fc9'"):
+        dash.layer = "fc9"
+
+
+def test_alerts_flag_dead_and_nonfinite():
+    engine = make_engine()
+    bad = np.ones((4, 5))
+    bad[0, 0] = np.nan
+    bad[1, 1] = np.inf
+    conv, dense = np.ones((4, 4, 6, 5)), np.ones((4, 12))
+    conv[:, 0] = 0.0
+    dense[:, :3] = 0.0
+    with pytest.warns(RuntimeWarning, match="2 NaN or infinite values"):
+        engine.update({"conv": conv, "dense": dense, XSS: np.ones((4, 3)), "bad": bad})
+    dash = Dashboard(engine, dead_alert=0.2)
+    # dense: 3 of 12 units dead (25 %); conv: 1 of 4 channels = 25 % of its units.
+    assert set(dash.table.flagged) == {"dense", "conv", "bad"}
+    assert "2 nonfinite values" in dash.table.flag_notes["bad"]
+    assert "25.0 % dead units" in dash.table.flag_notes["dense"]
+    dash.dead_alert = 0.3
+    assert set(dash.table.flagged) == {"bad"}
+    frame = dash.table_frame()
+    assert frame.set_index("layer").loc["bad", "flagged"]
+    assert frame.set_index("layer").loc["bad", "nonfinite"] == 2
+    with pytest.raises(ValueError, match="dead_alert"):
+        dash.dead_alert = 1.5
+
+
+def test_unit_table_top_units_largest_first():
+    rng = np.random.default_rng(7)
+    engine = StreamingIUA()
+    values = rng.normal(size=(9, 20, 30)) * (rng.random((20, 30)) > 0.3)
+    engine.update({"wide": np.where(np.abs(values) < 0.5, 0.0, values)})
+    dash = Dashboard(engine)
+    result = engine.layer_result("wide")
+    counts = result.unit_inactive_count.reshape(-1)
+    brute = sorted(range(counts.size), key=lambda i: (-counts[i], i))[:TOP_UNITS]
+    rows = dash.drilldown.table.rows
+    assert [row["flat_index"] for row in rows] == brute
+    first = np.unravel_index(brute[0], (20, 30))
+    assert rows[0]["unit"] == f"({first[0]}, {first[1]})"
+    assert rows[0]["inactive"] == counts[brute[0]]
+    assert all(row["dead"] == (row["inactive"] == 9) for row in rows)
+    assert dash.drilldown.table.caption.startswith(f"wide: top {TOP_UNITS} of 600 units")
+
+
+def test_top_units_handles_ties_at_cut():
+    counts = np.array([5, 1, 5, 3, 5, 3, 0])
+    assert list(top_units(counts, 4)) == [0, 2, 4, 3]
+    assert list(top_units(counts, 10)) == [0, 2, 4, 3, 5, 1, 6]
+
+
+def test_histogram_counts_brute_force():
+    engine = make_engine()
+    dash = Dashboard(engine, layer="dense")
+    dash.atol = 1e-7
+    result = engine.layer_result("dense", atol=1e-7)
+    want = [0] * 11
+    for count in result.unit_inactive_count.reshape(-1):
+        share = Fraction(int(count), result.inputs)
+        want[10 if share == 1 else math.floor(share * 10)] += 1
+    assert list(dash.drilldown.counts) == want
+    assert list(activity_histogram(result)) == want
+    heights = np.asarray(dash.drilldown.bars.y)
+    np.testing.assert_array_equal(heights, np.where(np.array(want) > 0, want, 0.5))
+
+
+def test_export_csv_and_png(tmp_path):
+    engine = make_engine()
+    dash = Dashboard(engine, layer="conv")
+    browser_update(dash.table, sort_column="mean_inactive", sort_ascending=False)
+    path = dash.to_csv(tmp_path / "layers.csv")
+    written = pd.read_csv(path)
+    assert list(written["layer"]) == list(dash.table_frame()["layer"])
+    png = dash.save_heatmap_png(tmp_path / "heatmap.png", size=60)
+    pixels = read_png(png.read_bytes())
+    values = dash.heatmap.grid.values  # 6 x 5 cells of the conv channel mean
+    factor = 60 // max(values.shape)
+    assert pixels.shape == (values.shape[0] * factor, values.shape[1] * factor, 3)
+    np.testing.assert_array_equal(pixels[::factor, ::factor], to_rgb(values))
+
+
+def test_markup_layer_name_is_text(monkeypatch):
+    recorder = install(monkeypatch)
+    dash = Dashboard(make_engine())
+    rows = [m.data["state"]["rows"] for m in recorder.updates(dash.table.model_id) if "rows" in m.data["state"]]
+    opened = [m.data["state"]["rows"] for m in recorder.messages if m.comm_id == dash.table.model_id and m.msg_type == "comm_open"]
+    sent = (rows or opened)[-1]
+    assert XSS in [row["layer"] for row in sent]
+    assert XSS in dash.layer_select.options
+    dash.layer = XSS
+    assert dash.heatmap.figure.title.startswith(XSS)
+    dash.errors.report(f"layer {XSS} failed")
+    assert XSS not in dash.errors.value
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dash.errors.value
+
+
+def test_dashboard_of_iua_and_lazy_export():
+    rng = np.random.default_rng(8)
+    iua = IUA.introspect({"fc": np.maximum(rng.normal(size=(10, 4)), 0)}, batch_size=4)
+    dash = iua_widgets.Dashboard(iua)
+    assert isinstance(dash, Dashboard)
+    assert dash.engine is iua.engine
+    assert "iua-dashboard" in dash._dom_classes
+    assert dash.progress.label.value.startswith("10 / 10 inputs")
+    assert dash.progress.bar.value == 1.0
+    with pytest.raises(TypeError, match="StreamingIUA or an IUA"):
+        Dashboard(object())
+
+
+def test_million_unit_layer_heatmap_size():
+    engine = StreamingIUA(per_input="none")
+    engine.update({"huge": np.zeros((2, 1_000_000), dtype=np.float32)})
+    dash = Dashboard(engine)
+    values = dash.heatmap.grid.values
+    assert values.shape[0] <= MAX_SIDE
+    assert values.shape[1] <= MAX_SIDE
+    assert dash.heatmap.mark.color.size <= MAX_SIDE**2
+    assert "mean of 16 consecutive units per cell" in dash.heatmap.figure.title
+    np.testing.assert_array_equal(values, heatmap_grid(np.ones(1_000_000)).values)
+    assert len(dash.drilldown.table.rows) == TOP_UNITS
+
+
+def test_css_classes_present():
+    dash = Dashboard(make_engine())
+    classes = {
+        "iua-dashboard": dash, "iua-layer-select": dash.layer_select,
+        "iua-atol": dash.thresholds.slider, "iua-atol-text": dash.thresholds.text,
+        "iua-rtol": dash.thresholds.rtol_box, "iua-layer-table": dash.table,
+        "iua-heatmap": dash.heatmap.figure, "iua-progress": dash.progress.bar,
+        "iua-progress-label": dash.progress.label, "iua-pause": dash.progress.pause_button,
+        "iua-resume": dash.progress.resume_button, "iua-cancel": dash.progress.cancel_button,
+        "iua-errors": dash.errors, "iua-unit-table": dash.drilldown.table,
+        "iua-unit-histogram": dash.drilldown.histogram,
+    }
+    for css_class, widget in classes.items():
+        assert css_class in widget._dom_classes, css_class
+    assert all(f"``{name}``" in Dashboard.__module__ or True for name in classes)
+    import iua_widgets.widgets.dashboard as module
+
+    for css_class in classes:
+        assert f"``{css_class}``" in module.__doc__, css_class

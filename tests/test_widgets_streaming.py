@@ -1,0 +1,242 @@
+"""Live updates, throttling, background streaming and error display of the dashboard."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from iua_widgets import StreamingIUA
+from iua_widgets.widgets.dashboard import Dashboard
+from iua_widgets.widgets.streaming import Throttle
+
+from .widget_recorder import install
+
+
+class FakeClock:
+    """Clock advanced by hand that reads whole milliseconds, so differences stay exact.
+
+    Throttles driven by it take their interval in milliseconds too.
+    """
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+class ManualTimers:
+    """Timers that fire only when the test calls ``fire_all``."""
+
+    def __init__(self) -> None:
+        self.pending: list[list] = []
+
+    def __call__(self, delay, function):
+        timer = [delay, function, False]
+        self.pending.append(timer)
+
+        class Handle:
+            def cancel(self_inner) -> None:
+                timer[2] = True
+
+        return Handle()
+
+    def fire_all(self) -> int:
+        fired = 0
+        while self.pending:
+            _, function, cancelled = self.pending.pop(0)
+            if not cancelled:
+                function()
+                fired += 1
+        return fired
+
+
+def batch(rng, inputs: int = 4) -> dict:
+    return {"fc": np.maximum(rng.normal(size=(inputs, 8)), 0), "conv": np.maximum(rng.normal(size=(inputs, 2, 3, 3)), 0)}
+
+
+def test_throttle_ten_per_second_fake_clock():
+    clock, timers, calls = FakeClock(), ManualTimers(), []
+    throttle = Throttle(lambda: calls.append(clock.ms), 100, clock=clock, start_timer=timers)
+    for _ in range(1000):  # 1,000 requests, 1 ms apart: one second
+        throttle.request()
+        clock.ms += 1
+    assert calls == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
+    # Requests after the last call are not lost: the trailing timer draws them.
+    assert timers.fire_all() == 1
+    assert len(calls) == 11
+
+
+def test_live_updates_throttled_while_feeding():
+    rng = np.random.default_rng(0)
+    engine = StreamingIUA()
+    dash = Dashboard(engine)
+    clock, timers = FakeClock(), ManualTimers()
+    dash.throttle = Throttle(dash.refresh, 100, clock=clock, start_timer=timers)
+    for _ in range(1000):
+        engine.update(batch(rng, 1))
+        clock.ms += 1
+        if clock.ms == 250:
+            # Between redraws the table still shows the last redraw (batch 200).
+            assert dash.table_frame()["inputs"].tolist() == [201, 201]
+    assert dash.throttle.calls == 10
+    assert dash.table_frame()["inputs"].tolist() == [901, 901]
+    timers.fire_all()
+    assert dash.table_frame()["inputs"].tolist() == [1000, 1000]
+    assert dash.progress.label.value.startswith("1000 inputs")
+
+
+def test_comm_message_rate_for_fast_producer(monkeypatch):
+    recorder = install(monkeypatch)
+    rng = np.random.default_rng(1)
+    batches = [batch(rng, 1) for _ in range(1000)]
+    dash = Dashboard(StreamingIUA())
+    recorder.clear()
+
+    def producer():
+        # About 1,000 small batches per second.
+        for item in batches:
+            time.sleep(0.001)
+            yield item
+
+    started = time.monotonic()
+    dash.stream(producer(), total=1000)
+    assert dash.wait(timeout=120).state == "finished"
+    elapsed = time.monotonic() - started
+    updates = recorder.updates()
+    rate = len(updates) / elapsed
+    redraws = dash.throttle.calls
+    print(f"\n1000 batches in {elapsed:.2f} s: {redraws} redraws, {len(updates)} comm messages, {rate:.0f} messages/s")
+    # About 10 redraws per second plus the final one, far below the ~1000 messages/s
+    # at which Jupyter Server starts dropping widget messages.
+    assert redraws <= 10 * elapsed + 2
+    assert len(updates) / max(redraws, 1) < 40
+    assert rate < 500
+
+
+def test_background_stream_reaches_full_progress(monkeypatch):
+    rng = np.random.default_rng(2)
+    data = {"fc": np.maximum(rng.normal(size=(2048, 8)), 0)}
+    dash = Dashboard(StreamingIUA())
+    handle = dash.stream(data, batch_size=64)
+    assert handle.join(timeout=120)
+    assert handle.state == "finished"
+    assert dash.progress.bar.value == 1.0
+    assert dash.progress.bar.bar_style == "success"
+    assert dash.progress.label.value.startswith("2048 / 2048 inputs")
+    assert dash.table_frame()["inputs"].tolist() == [2048]
+    assert dash.progress.pause_button.disabled
+    assert dash.progress.cancel_button.disabled
+    with pytest.raises(ValueError, match="total must be"):
+        dash.stream(data, total=-1)
+
+
+def test_pause_resume_cancel():
+    rng = np.random.default_rng(3)
+    dash = Dashboard(StreamingIUA())
+    applied = threading.Event()
+    dash.engine.observe(lambda engine: applied.set() if engine.batches_seen == 4 else None)
+
+    def producer():
+        for index in range(10):
+            if index == 3:
+                dash.progress.pause_button.click()  # the button, as a user would
+            yield batch(rng)
+
+    handle = dash.stream(producer())
+    assert applied.wait(timeout=60)
+    # Paused after batch 3 was applied: no further batch arrives until resumed.
+    assert not handle.join(timeout=0.3)
+    assert handle.state == "paused"
+    assert dash.engine.batches_seen == 4
+    assert dash.progress.label.value.endswith("paused")
+    assert not dash.progress.resume_button.disabled
+    dash.resume()
+    assert handle.join(timeout=60)
+    assert handle.state == "finished"
+    assert dash.engine.batches_seen == 10
+
+    def cancelled_producer():
+        for index in range(10):
+            if index == 5:
+                dash.cancel()
+            yield batch(rng)
+
+    second = dash.stream(cancelled_producer())
+    assert second.join(timeout=60)
+    assert second.state == "cancelled"
+    # Batches 0-5 arrive (batch 5 was produced before the cancel was seen).
+    assert dash.engine.batches_seen == 16
+    assert dash.progress.bar.bar_style == "warning"
+
+
+def test_second_stream_while_running_rejected():
+    gate = threading.Event()
+    dash = Dashboard(StreamingIUA())
+
+    def producer():
+        gate.wait(timeout=60)
+        yield {"fc": np.zeros((2, 2))}
+
+    dash.stream(producer())
+    with pytest.raises(RuntimeError, match="still running"):
+        dash.stream(producer())
+    gate.set()
+    assert dash.wait(timeout=60).state == "finished"
+
+
+def test_producer_error_shown_and_stats_kept():
+    rng = np.random.default_rng(4)
+    dash = Dashboard(StreamingIUA())
+
+    def producer():
+        for index in range(5):
+            if index == 3:
+                raise OSError("disk went away")
+            yield batch(rng)
+
+    handle = dash.stream(producer())
+    assert handle.join(timeout=60)
+    assert handle.state == "failed"
+    assert isinstance(handle.error, OSError)
+    assert len(dash.errors.messages) == 1
+    message = dash.errors.messages[0]
+    assert "producing batch 3" in message
+    assert "OSError: disk went away" in message
+    assert "disk went away" in dash.errors.value
+    # The three applied batches stay usable everywhere.
+    assert dash.engine.batches_seen == 3
+    assert dash.table_frame()["inputs"].tolist() == [12, 12]
+    dash.atol = 0.5
+    assert dash.table_frame().attrs["atol"] == 0.5
+    assert dash.progress.bar.bar_style == "danger"
+
+
+def test_engine_error_names_batch_and_layer():
+    rng = np.random.default_rng(5)
+    dash = Dashboard(StreamingIUA())
+    batches = [batch(rng), batch(rng), {"fc": np.zeros((4, 9)), "conv": np.zeros((4, 2, 3, 3))}]
+    handle = dash.stream(iter(batches), background=False)
+    assert handle.state == "failed"
+    message = dash.errors.messages[0]
+    assert "batch 2, layer 'fc'" in message
+    assert "changed its unit shape" in message
+    assert dash.engine.batches_seen == 2
+
+
+def test_observer_error_shown_not_raised(monkeypatch):
+    rng = np.random.default_rng(6)
+    engine = StreamingIUA()
+    dash = Dashboard(engine)
+
+    def broken(name, result):
+        raise RuntimeError(f"cannot draw {name}")
+
+    monkeypatch.setattr(dash.heatmap, "show", broken)
+    engine.update(batch(rng))  # must not raise into the feeding code
+    assert engine.batches_seen == 1
+    assert any("cannot draw" in m for m in dash.errors.messages)
+    assert "cannot draw" in dash.errors.value
