@@ -146,7 +146,8 @@ class TrainingTimeline(widgets.VBox):
             description="atol", continuous_update=True, layout=widgets.Layout(width="420px"),
         )
         self.atol_slider.add_class("iua-timeline-atol")
-        self.x_select = widgets.ToggleButtons(options=list(X_CHOICES), value=x, description="x")
+        # A Label, not a description: ToggleButtons wraps its buttons below a description.
+        self.x_select = widgets.ToggleButtons(options=list(X_CHOICES), value=x)
         self.x_select.style.button_width = "70px"
         self.x_select.add_class("iua-timeline-x")
         self.status = widgets.Label("No snapshot yet.")
@@ -155,7 +156,7 @@ class TrainingTimeline(widgets.VBox):
         self.inactive_plot = TimelinePlot("mean inactive units (%)", "iua-timeline-inactive")
         super().__init__(
             children=[
-                widgets.HBox([self.layer_select, self.x_select]),
+                widgets.HBox([self.layer_select, widgets.Label("x axis"), self.x_select]),
                 self.atol_slider,
                 widgets.HBox([self.dead_plot.figure, self.inactive_plot.figure]),
                 self.status,
