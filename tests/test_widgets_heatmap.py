@@ -216,3 +216,20 @@ def test_empty_panel_has_note():
     panel = heatmap_panel({})
     assert "iua-heatmap-panel" in panel._dom_classes
     assert "No responses" in panel.children[0].value
+
+
+def test_channel_units_grid_of_channels():
+    rng = np.random.default_rng(9)
+    conv = np.maximum(rng.normal(size=(12, 40, 3, 3)), 0)
+    conv[:, 7] = 0.0  # channel 7 is dead
+    engine = StreamingIUA(unit="channel")
+    engine.update({"conv": conv})
+    result = engine.results["conv"]
+    view = UnitHeatmap("conv", result)
+    # 40 channels in rows of ceil(sqrt(40)) = 7, the last row padded.
+    assert view.grid.values.shape == (6, 7)
+    np.testing.assert_allclose(view.grid.values.reshape(-1)[:40], result.unit_inactive_proportion)
+    assert view.channel_select.layout.display == "none"
+    assert view.figure.title == "conv · 40 units · rows of 7, 1 unit per cell, 2 padding cells = 0"
+    view.probe.hover_cell = [1, 0]
+    assert view.probe.text == "unit (7,): inactive proportion 1"

@@ -240,3 +240,21 @@ def test_observer_error_shown_not_raised(monkeypatch):
     assert engine.batches_seen == 1
     assert any("cannot draw" in m for m in dash.errors.messages)
     assert "cannot draw" in dash.errors.value
+
+
+def test_interrupt_inline_stream_cancels():
+    rng = np.random.default_rng(7)
+    dash = Dashboard(StreamingIUA())
+
+    def producer():
+        yield batch(rng)
+        yield batch(rng)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dash.stream(producer(), background=False)
+    assert dash.handle.state == "cancelled"
+    assert dash.handle.done
+    assert dash.engine.batches_seen == 2
+    assert dash.progress.label.value.endswith("cancelled")
+    assert dash.errors.messages == []

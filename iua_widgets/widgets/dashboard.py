@@ -135,7 +135,6 @@ class Dashboard(widgets.VBox):
         self._updating_options = False
         self._requested_layer = layer
         self.handle: StreamHandle | None = None
-        self._reported_handles: set[int] = set()
 
         self.errors = ErrorArea()
         self.layer_select = widgets.Dropdown(options=[], description="layer")
@@ -360,8 +359,8 @@ class Dashboard(widgets.VBox):
         return self.handle
 
     def _on_stream_change(self, handle: StreamHandle) -> None:
-        if handle.error_message and id(handle) not in self._reported_handles:
-            self._reported_handles.add(id(handle))
+        if handle.error_message and not handle.error_reported:
+            handle.error_reported = True
             self.errors.report(handle.error_message)
         if handle.state in END_STATES:
             self.throttle.flush()

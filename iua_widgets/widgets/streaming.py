@@ -18,7 +18,7 @@ END_STATES = ("finished", "cancelled", "failed")
 
 
 class Throttle:
-    """Run ``callback`` at most once per ``interval`` seconds.
+    """Run ``callback`` at most once per ``interval`` seconds, except on :meth:`flush`.
 
     A request inside the interval is not dropped: one call runs when the
     interval ends, from a timer thread, so the latest state gets drawn.
@@ -153,6 +153,8 @@ class StreamHandle:
         self.batches = 0
         self.error: BaseException | None = None
         self.error_message: str | None = None
+        #: Set by a viewer once it has shown ``error_message``.
+        self.error_reported = False
         self._resume = threading.Event()
         self._resume.set()
         self._cancel = threading.Event()
@@ -202,6 +204,7 @@ class StreamHandle:
     def _run(self) -> None:
         logger.info("Stream started (batch_size=%d)", self.batch_size)
         state = "finished"
+        interrupted: KeyboardInterrupt | None = None
         try:
             batches = iter_batches(self.producer, batch_size=self.batch_size)
             while True:
@@ -216,7 +219,10 @@ class StreamHandle:
                 self.batches += 1
         except _StreamError:
             state = "failed"
-        except BaseException as error:  # noqa: BLE001 - reported, the thread must not die silently
+        except KeyboardInterrupt as interrupt:
+            # Only an inline (background=False) run can receive Ctrl-C: stop like cancel().
+            state, interrupted = "cancelled", interrupt
+        except Exception as error:  # noqa: BLE001 - shown in the viewer and logged
             self._fail(error, f"The stream failed before batch {self.batches}")
             state = "failed"
         logger.info(
@@ -228,6 +234,8 @@ class StreamHandle:
             self._notify()  # before join() returns, so waiters see the final redraw
         finally:
             self._done.set()
+        if interrupted is not None:
+            raise interrupted
 
     def _next_batch(self, batches) -> Mapping[str, Any] | None:
         try:
