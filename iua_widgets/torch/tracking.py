@@ -121,6 +121,7 @@ class TrainingTracker:
         )
         # Validates the settings now and fixes the grid every snapshot shares.
         template = StreamingIUA(**self._settings)
+        self._template = template
         self.grid = template.grid
         self.rtol = template.rtol
         self.atol = template.atol
@@ -276,7 +277,7 @@ class TrainingTracker:
 
     def threshold_index(self, atol: float | None = None, *, snap: bool = False) -> int:
         """Grid index of ``atol`` (the tracker's ``atol`` when ``None``)."""
-        return self._new_engine().threshold_index(atol, snap=snap)
+        return self._template.threshold_index(atol, snap=snap)
 
     def curves(self, atol: float | None = None, *, snap: bool = False) -> TimelineCurves:
         """Dead and mean inactive percentages of every layer at a grid ``atol``, as arrays."""
