@@ -120,3 +120,15 @@ def test_generator_exhausted_twice_is_a_clear_error():
     IUA.introspect(batches)
     with pytest.raises(ValueError, match="no inputs"):
         IUA.introspect(batches)
+
+
+def test_failing_observer_does_not_stop_stream():
+    engine = StreamingIUA()
+
+    def broken(_engine):
+        raise ZeroDivisionError("view bug")
+
+    engine.observe(broken)
+    with pytest.warns(RuntimeWarning, match="ZeroDivisionError"):
+        engine.consume([{"a": np.zeros((1, 2))}, {"a": np.zeros((2, 2))}])
+    assert engine.results["a"].inputs == 3

@@ -164,7 +164,17 @@ class StreamingIUA:
             self.batches_seen += 1
         self._warn_nonfinite()
         for observer in list(self._observers):
-            observer(self)
+            try:
+                observer(self)
+            except Exception as error:
+                # The batch is applied; a failing view must not stop the stream.
+                logger.exception("Observer %r failed after batch %d", observer, self.batches_seen)
+                warnings.warn(
+                    f"Observer {observer!r} raised {error!r} after batch {self.batches_seen}; "
+                    "the batch was applied and streaming goes on.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def _warn_nonfinite(self) -> None:
         # One warning per layer, when its first NaN or inf arrives.
