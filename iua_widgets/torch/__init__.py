@@ -16,5 +16,6 @@ except ImportError as error:
 from .capture import ResponseBatch, Responses, responses
 from .distributed import all_reduce
 from .layers import LayerSpec
+from .tracking import TrainingTracker
 
-__all__ = ["LayerSpec", "ResponseBatch", "Responses", "all_reduce", "responses"]
+__all__ = ["LayerSpec", "ResponseBatch", "Responses", "TrainingTracker", "all_reduce", "responses"]
