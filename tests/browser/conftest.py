@@ -58,31 +58,42 @@ def notebook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyte
     server.stop()
 
 
-@pytest.fixture(params=["lab", "notebook"])
-def server(request: pytest.FixtureRequest) -> JupyterServer:
-    """Return the JupyterLab server, then the Notebook 7 server (parametrized)."""
-    return request.getfixturevalue(f"{request.param}_server")
-
-
 @pytest.fixture(scope="session")
-def browser_context(tmp_path_factory: pytest.TempPathFactory):
-    """Return a headless Chromium context with a fresh profile and ``HOME``."""
+def chromium() -> Path:
+    """Return the path of Debian's Chromium; skip the test when it or playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip(
             f"{CHROMIUM} not found: install Debian's Chromium with "
             "`apt-get install chromium` (browser tests never download a browser)"
         )
-    sync_api = pytest.importorskip(
+    pytest.importorskip(
         "playwright.sync_api",
         reason='playwright-python is missing: pip install "iua-widgets[test]"',
     )
+    return CHROMIUM
+
+
+@pytest.fixture(params=["lab", "notebook"])
+def server(request: pytest.FixtureRequest, chromium: Path) -> JupyterServer:
+    """Return the JupyterLab server, then the Notebook 7 server (parametrized).
+
+    Depends on ``chromium`` so that a missing browser skips the test before
+    any server starts.
+    """
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="session")
+def browser_context(tmp_path_factory: pytest.TempPathFactory, chromium: Path):
+    """Return a headless Chromium context with a fresh profile and ``HOME``."""
+    from playwright import sync_api
 
     root = tmp_path_factory.mktemp("chromium")
     env = isolated_environment(root)
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             user_data_dir=str(root / "profile"),
-            executable_path=str(CHROMIUM),
+            executable_path=str(chromium),
             args=CHROMIUM_ARGS,
             headless=True,
             env=env,
@@ -94,24 +105,23 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def page(browser_context, request: pytest.FixtureRequest):
-    """Return a new page and save its screenshot as ``test-artifacts/browser/<test>.png``.
+    """Return a new page; at teardown save ``test-artifacts/browser/<test>.png`` and ``.log``.
 
-    JavaScript dialogs (``alert``, ``confirm``) are dismissed and recorded in
-    ``page.dialogs``, so a test can assert that no script injected through a
-    layer name ran.
+    The log lists the page's console messages. JavaScript dialogs (``alert``,
+    ``confirm``) are dismissed and recorded in ``page.dialogs``, so a test can
+    assert that no script injected through a layer name ran.
     """
     page = browser_context.new_page()
     page.set_default_timeout(60_000)
     page.dialogs = []
-    page.console_errors = []
+    console = []
 
     def record_dialog(dialog) -> None:
         page.dialogs.append(f"{dialog.type}: {dialog.message}")
         dialog.dismiss()
 
     def record_console(message) -> None:
-        if message.type == "error":
-            page.console_errors.append(message.text)
+        console.append(f"{message.type}: {message.text}")
 
     page.on("dialog", record_dialog)
     page.on("console", record_console)
@@ -119,6 +129,9 @@ def page(browser_context, request: pytest.FixtureRequest):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
+    (ARTIFACTS / f"{name}.log").write_text(
+        "\n".join(console + [f"dialog {dialog}" for dialog in page.dialogs]) + "\n"
+    )
     try:
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
     finally:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import nbformat
 
 from .servers import JupyterServer
+
+T = TypeVar("T")
 
 # Seconds allowed for a kernel to start (the first import of numba or torch on
 # a busy machine is slow) and for a widget to show up after "Run all".
@@ -62,24 +66,50 @@ def run_all_cells(page) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
-def wait_for_stable_text(locator, quiet: float = 1.0, timeout: float = 60.0) -> str:
-    """Return the text of ``locator`` once it has not changed for ``quiet`` seconds.
+def wait_for_stable(read: Callable[[], T], quiet: float = 1.0, timeout: float = 60.0) -> T:
+    """Return ``read()`` once its value has not changed for ``quiet`` seconds.
 
     A slider drag or a stream of batches sends many kernel round trips, and
-    each may change a label, so asserting on the first text seen is flaky.
+    each may redraw a label or a table, so asserting on the first value seen
+    is flaky.
+
+    Raises
+    ------
+    AssertionError
+        When the value still changes after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
-    text = locator.inner_text()
+    value = read()
     unchanged_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        current = locator.inner_text()
-        if current != text:
-            text = current
+        current = read()
+        if current != value:
+            value = current
             unchanged_since = time.monotonic()
         elif time.monotonic() - unchanged_since >= quiet:
-            return text
-    raise AssertionError(f"text kept changing for {timeout:.0f} s; last text: {text!r}")
+            return value
+    raise AssertionError(f"value kept changing for {timeout:.0f} s; last value: {value!r}")
+
+
+def wait_for_stable_text(locator, quiet: float = 1.0, timeout: float = 60.0) -> str:
+    """Return the text of ``locator`` once it has not changed for ``quiet`` seconds."""
+    return wait_for_stable(locator.inner_text, quiet, timeout)
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` every 0.1 s until it is true.
+
+    Raises
+    ------
+    AssertionError
+        With ``message`` when ``condition`` is still false after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+        time.sleep(0.1)
 
 
 def type_into_readout(slider, value: str) -> None:

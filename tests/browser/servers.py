@@ -65,8 +65,8 @@ def isolated_environment(root: Path) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
         env[key] = str(folder)
 
-    # JupyterLab asks in a toast whether to fetch news even when the server
-    # sets no news URL; setting "never" in the user settings keeps the toast
+    # JupyterLab shows a toast prompting to fetch news even when the server
+    # sets no news URL. Setting "never" in the user settings keeps the toast
     # from covering the notebook and the page from calling out.
     notification = folders["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True, exist_ok=True)
@@ -105,10 +105,17 @@ class JupyterServer:
         return f"http://127.0.0.1:{self.port}"
 
     def notebook_url(self, path: Path) -> str:
-        """Return the URL that opens the notebook at ``path`` (inside ``root_dir``) in this app."""
+        """Return the URL that opens the notebook at ``path`` (inside ``root_dir``) in this app.
+
+        In JupyterLab the notebook opens in a workspace of its own, reset on
+        load, so tabs left open by an earlier test are not restored (each
+        restored notebook would start another kernel).
+        """
         relative = path.relative_to(self.root_dir).as_posix()
-        route = "lab/tree" if self.app == "lab" else "notebooks"
-        return f"{self.base_url}/{route}/{relative}?token={self.token}"
+        if self.app == "notebook":
+            return f"{self.base_url}/notebooks/{relative}?token={self.token}"
+        workspace = secrets.token_hex(8)
+        return f"{self.base_url}/lab/workspaces/{workspace}/tree/{relative}?reset&token={self.token}"
 
     def api(self, method: str, route: str, timeout: float = 10.0) -> Any:
         """Call the server's REST API and return the decoded JSON body, or ``None``."""

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from .servers import isolated_environment
 from .notebook_ui import (
     RENDER_TIMEOUT_MS,
     cell_errors,
@@ -53,3 +59,30 @@ def test_slider_updates_label(server, notebook_dir, page):
     assert wait_for_stable_text(label) == "square: 144"
     assert slider.locator(".widget-readout").inner_text() == "12"
     assert page.dialogs == []
+
+
+def test_isolated_env_finds_widget_extensions(tmp_path):
+    env = isolated_environment(tmp_path)
+    real_home = Path.home()
+
+    paths = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "jupyter", "--paths", "--json"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout
+    )
+    assert str(tmp_path / "config") in paths["config"]
+    assert str(tmp_path / "data") in paths["data"]
+    assert paths["runtime"] == [str(tmp_path / "runtime")]
+    assert str(Path(sys.prefix) / "share" / "jupyter") in paths["data"]
+    assert str(Path(sys.prefix) / "etc" / "jupyter") in paths["config"]
+    for path in paths["config"] + paths["data"] + paths["runtime"]:
+        assert not Path(path).is_relative_to(real_home), path
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    output = listing.stdout + listing.stderr
+    for extension in ("@jupyter-widgets/jupyterlab-manager", "bqplot", "anywidget"):
+        assert extension in output, output
