@@ -285,3 +285,12 @@ def test_css_classes_present():
 
     for css_class in classes:
         assert f"``{css_class}``" in module.__doc__, css_class
+
+
+def test_slider_move_clears_snap_note():
+    dash = Dashboard(make_engine())
+    dash.thresholds.text.value = "3e-8"
+    assert "snapped" in dash.thresholds.note.value
+    dash.thresholds.slider.value = 5e-7
+    assert dash.thresholds.note.value == ""
+    assert dash.thresholds.text.value == "5e-07"

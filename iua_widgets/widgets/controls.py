@@ -86,6 +86,9 @@ class ThresholdControls(widgets.VBox):
         return self._last_rtol
 
     def _on_slider(self, change: dict) -> None:
+        # A note about an earlier typed value no longer applies; _on_text sets
+        # a new one after moving the slider.
+        self.note.value = ""
         self.text.value = format_threshold(change["new"])
 
     def _on_text(self, change: dict) -> None:
