@@ -13,6 +13,7 @@ playwright-python, with flags that keep it off the network.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -60,12 +61,19 @@ def notebook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyte
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
-    """Return the path of Debian's Chromium; skip the test when it or playwright is missing."""
+    """Return the path of Debian's Chromium; skip the test when it or playwright is missing.
+
+    With ``IUA_WIDGETS_REQUIRE_BROWSER=1`` (set by CI) a missing browser fails
+    the test instead, so a broken install cannot pass as skipped tests.
+    """
     if not CHROMIUM.exists():
-        pytest.skip(
+        message = (
             f"{CHROMIUM} not found: install Debian's Chromium with "
             "`apt-get install chromium` (browser tests never download a browser)"
         )
+        if os.environ.get("IUA_WIDGETS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     pytest.importorskip(
         "playwright.sync_api",
         reason='playwright-python is missing: pip install "iua-widgets[test]"',
