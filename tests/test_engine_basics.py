@@ -193,3 +193,80 @@ def test_per_input_policies_agree_on_statistics():
         )
         assert results[policy].mean_inactive == results["grid"].mean_inactive
         assert results[policy].std_inactive == pytest.approx(results["grid"].std_inactive, rel=1e-14)
+
+
+def test_layer_without_units_counts_nothing():
+    result = IUA.introspect({"empty": np.zeros((4, 0)), "a": np.zeros((4, 2))}).results["empty"]
+    assert result.units == 0
+    assert result.inputs == 4
+    np.testing.assert_array_equal(result.inactive, [0, 0, 0, 0])
+    assert result.mean_inactive == 0.0
+    assert result.unit_inactive_count.shape == (0,)
+
+
+def test_longdouble_rejected_with_layer_and_fix():
+    with pytest.raises(TypeError, match=r"'L'.*astype\(numpy.float64\)"):
+        StreamingIUA().update({"L": np.zeros((2, 3), dtype=np.longdouble)})
+
+
+def test_zero_row_batch_still_checks_shape():
+    engine = StreamingIUA()
+    engine.update({"a": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="unit shape"):
+        engine.update({"a": np.zeros((0, 7))})
+
+
+def test_channel_units_reject_one_dimensional_response():
+    with pytest.raises(ValueError, match="'score'.*unit='element'"):
+        StreamingIUA(unit="channel").update({"score": np.zeros(5)})
+
+
+@pytest.mark.parametrize("bad", [True, "1e-3", None])
+def test_tolerance_must_be_a_real_number(bad):
+    with pytest.raises(ValueError, match="real number"):
+        StreamingIUA(atol=bad)
+
+
+def test_atol_a_few_ulps_off_grid_is_accepted():
+    engine = StreamingIUA()
+    engine.update({"a": np.full((1, 2), 4e-6)})
+    computed = 5 * 10.0**-6
+    assert computed != 5e-6
+    result = engine.results_at(atol=computed)["a"]
+    assert result.atol == 5e-6
+    np.testing.assert_array_equal(result.unit_inactive_count, [1, 1])
+
+
+def test_off_grid_message_shows_exact_value():
+    engine = StreamingIUA()
+    engine.update({"a": np.zeros((1, 1))})
+    with pytest.raises(ValueError, match=r"atol=0\.0010000001 .*0\.001 and 0\.002"):
+        engine.results_at(atol=1.0000001e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, None])
+def test_max_cache_bytes_validated(bad):
+    with pytest.raises((TypeError, ValueError)):
+        StreamingIUA(max_cache_bytes=bad)
+
+
+def test_budget_counts_per_input_detail():
+    engine = StreamingIUA(max_cache_bytes=200_000)
+    engine.update({"a": np.zeros((100, 100), np.float32)})
+    with pytest.raises(MemoryError, match="per_input='start'"):
+        for _ in range(50):
+            engine.update({"a": np.zeros((1000, 100), np.float32)})
+    assert engine.nbytes() <= 200_000
+    assert engine.results["a"].inputs == engine.inputs_seen
+
+
+def test_introspect_takes_max_cache_bytes():
+    with pytest.raises(MemoryError):
+        IUA.introspect({"a": np.zeros((2, 1000))}, max_cache_bytes=1000)
+    iua = IUA.introspect({"a": np.zeros((2, 10))}, batch_size=np.int64(1), max_cache_bytes=10**6)
+    assert iua.results["a"].inputs == 2
+
+
+def test_producer_returning_non_iterable_is_clear():
+    with pytest.raises(TypeError, match="iterable of batches"):
+        IUA.introspect(lambda batch_size: 5)

@@ -327,3 +327,27 @@ class SideEffect:
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         StreamingIUA.load(tmp_path / "absent.npz")
+
+
+def test_save_rejects_non_regular_target(tmp_path):
+    iua = IUA.introspect({"a": np.zeros((2, 3))})
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        iua.save(fifo)
+    assert fifo.is_fifo()
+    with pytest.raises(ValueError, match="not a regular file"):
+        iua.save(tmp_path)
+
+
+def test_save_through_symlink_keeps_link(tmp_path):
+    iua = IUA.introspect({"a": np.zeros((2, 3))})
+    real = tmp_path / "real.npz"
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    iua.save(link)
+    assert link.is_symlink()
+    loaded = IUA.load(real)
+    np.testing.assert_array_equal(
+        loaded.results["a"].unit_inactive_count, iua.results["a"].unit_inactive_count
+    )

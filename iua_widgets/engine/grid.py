@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 #: Decades covered by the 1-2-5 steps of the default grid: 1e-12 up to 1e2.
 GRID_DECADES = range(-12, 2)
+#: Relative distance within which an atol counts as the grid value it is next to.
+GRID_MATCH_RTOL = 1e-12
 
 
 def validate_tolerance(name: str, value: float) -> float:
     """Return ``value`` as a float, raising ``ValueError`` unless it is finite and >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}.") from None
+    if isinstance(value, bool | str | bytes) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}.")
+    number = float(value)
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
     return number
@@ -47,12 +49,19 @@ def grid_index(grid: np.ndarray, atol: float, *, snap: bool = False) -> int:
     position = int(np.searchsorted(grid, atol))
     if position < len(grid) and grid[position] == atol:
         return position
+    # Values a few ulps off a grid value (5 * 10.0**-6, np.logspace output)
+    # take that grid value; the results carry it in Result.atol.
+    for neighbour in (position - 1, position):
+        if 0 <= neighbour < len(grid) and math.isclose(
+            grid[neighbour], atol, rel_tol=GRID_MATCH_RTOL, abs_tol=0.0
+        ):
+            return neighbour
     below = grid[position - 1] if position > 0 else None
     above = grid[position] if position < len(grid) else None
     if not snap:
-        neighbours = " and ".join(f"{v:g}" for v in (below, above) if v is not None)
+        neighbours = " and ".join(repr(float(v)) for v in (below, above) if v is not None)
         raise ValueError(
-            f"atol={atol:g} is not on the threshold grid, so the cache cannot give "
+            f"atol={atol!r} is not on the threshold grid, so the cache cannot give "
             f"exact results for it. The nearest grid values are {neighbours}; pass "
             "one of them, pass snap=True to use the nearest, or start a new "
             "analysis with this atol."
@@ -77,7 +86,8 @@ def native_thresholds(grid: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype == np.float64:
         return grid.copy()
-    native = grid.astype(dtype)
+    with np.errstate(over="ignore"):  # a huge atol becomes inf, then the max below
+        native = grid.astype(dtype)
     too_large = native.astype(np.float64) > grid
     native[too_large] = np.nextafter(native[too_large], dtype.type(-np.inf))
     return native

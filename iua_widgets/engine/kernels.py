@@ -209,6 +209,10 @@ def use_compiled() -> bool:
 def bin_values(x: np.ndarray, thresholds: np.ndarray):
     """Bin ``x`` with the fastest available kernel (see the module docstring)."""
     global _warned_fallback
+    if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
+        bins = len(thresholds) + 2
+        input_hist = np.zeros((x.shape[0], bins), dtype=np.int64)
+        return np.zeros((bins, 0), dtype=np.uint32), input_hist
     if use_compiled():
         x = np.ascontiguousarray(x)
         if x.shape[0] <= _SUB_BATCH:

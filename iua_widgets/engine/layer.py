@@ -41,15 +41,11 @@ def as_units(array: np.ndarray, unit: str, channel_axis: int, name: str) -> np.n
     largest magnitude of the channel's elements, NaN-propagating, because a
     channel is inactive only when all its elements are.
     """
+    check_dtype(array.dtype, name)
     if array.dtype.kind in "biu":
         array = array.astype(np.float64)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)
-    elif array.dtype.kind != "f":
-        raise TypeError(
-            f"Response {name!r} has dtype {array.dtype}; expected a numeric "
-            "(float, integer or bool) array."
-        )
     inputs = array.shape[0]
     if unit == "element" or array.ndim == 1:
         return array.reshape(inputs, -1)
@@ -60,11 +56,29 @@ def as_units(array: np.ndarray, unit: str, channel_axis: int, name: str) -> np.n
     return moved.reshape(inputs, channels, -1).max(axis=2)
 
 
+def check_dtype(dtype: np.dtype, name: str) -> None:
+    """Raise ``TypeError`` unless responses of ``dtype`` can be compared exactly."""
+    if dtype.kind in "biu" or dtype in (np.float16, np.float32, np.float64):
+        return
+    if dtype.kind == "f":
+        raise TypeError(
+            f"Response {name!r} has dtype {dtype}, which the engine cannot compare "
+            "exactly; convert it with .astype(numpy.float64) first."
+        )
+    raise TypeError(
+        f"Response {name!r} has dtype {dtype}; expected a numeric "
+        "(float, integer or bool) array."
+    )
+
+
 def channel_unit_shape(shape: tuple[int, ...], channel_axis: int, name: str) -> tuple[int, ...]:
     """Return the unit shape ``(channels,)`` for a response of full ``shape``."""
     ndim = len(shape)
     if ndim == 1:
-        return ()
+        raise ValueError(
+            f"Response {name!r} has shape {tuple(shape)}: one value per input and no "
+            "channel axis. Use unit='element' for it, or analyse it in a separate run."
+        )
     if not -ndim <= channel_axis < ndim or channel_axis % ndim == 0:
         raise ValueError(
             f"channel_axis={channel_axis} does not name a unit axis of response "

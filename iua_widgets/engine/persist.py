@@ -177,8 +177,25 @@ def write_members(
     text = canonical_json(metadata).encode("utf-8")
     members = dict(arrays)
     members[METADATA_MEMBER] = np.frombuffer(text, dtype=np.uint8)
-    target = Path(path)
+    target = writable_target(Path(path))
     _write_atomically(target, lambda stream: write_npz(stream, members))
+    return target
+
+
+def writable_target(path: Path) -> Path:
+    """Return the regular file that ``path`` names, following symbolic links.
+
+    The atomic rename replaces whatever is at the target, so a device, pipe
+    or folder there (``/dev/null`` as root, say) raises ``ValueError``
+    instead, and a symbolic link is followed so that its target is written
+    and the link kept.
+    """
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        raise ValueError(
+            f"Cannot save to {str(path)!r}: it exists and is not a regular file. "
+            "Choose a file path."
+        )
     return target
 
 

@@ -15,7 +15,15 @@ import numpy as np
 
 from .atomic import deferred_interrupt
 from .grid import grid_index, native_thresholds, threshold_grid, validate_tolerance
-from .layer import PER_INPUT_POLICIES, UNITS, LayerStats, as_units, channel_unit_shape
+from .layer import (
+    PER_INPUT_POLICIES,
+    UNITS,
+    LayerStats,
+    as_units,
+    channel_unit_shape,
+    check_dtype,
+    detail_dtype,
+)
 from .result import Result
 from .torch_stats import TorchLayerStats, as_device_units, import_torch
 
@@ -95,6 +103,10 @@ class StreamingIUA:
         self.unit = unit
         self.channel_axis = int(channel_axis)
         self.per_input = per_input
+        if isinstance(max_cache_bytes, bool) or not isinstance(max_cache_bytes, int | np.integer):
+            raise TypeError(f"max_cache_bytes must be an int, got {max_cache_bytes!r}.")
+        if max_cache_bytes <= 0:
+            raise ValueError(f"max_cache_bytes must be positive, got {max_cache_bytes!r}.")
         self.max_cache_bytes = int(max_cache_bytes)
         self.torch_device = torch_device
         if torch_device is not None:
@@ -244,6 +256,7 @@ class StreamingIUA:
                 arrays[name] = value  # stays on its device
             else:
                 arrays[name] = to_numpy(value, name)
+                check_dtype(arrays[name].dtype, name)
         sizes = {name: a.shape[0] for name, a in arrays.items()}
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{n!r}: {s}" for n, s in sizes.items())
@@ -251,8 +264,7 @@ class StreamingIUA:
                 f"The responses of one batch disagree on the number of inputs ({listed}); "
                 "every response must have one row per input."
             )
-        if arrays and next(iter(sizes.values())) == 0:
-            return arrays
+        inputs = next(iter(sizes.values()), 0)
         added_bytes = 0
         with self._lock:
             for name, array in arrays.items():
@@ -264,17 +276,30 @@ class StreamingIUA:
                         f"to {shape}; every batch of a layer must have the same shape after "
                         "the input axis. The statistics gathered so far are kept."
                     )
-                if layer is None:
-                    added_bytes += 4 * len(self.grid) * int(np.prod(shape, dtype=np.int64))
-            current = sum(layer.cumulative.nbytes for layer in self._layers.values())
-            if added_bytes and current + added_bytes > self.max_cache_bytes:
-                raise MemoryError(
-                    f"The threshold cache would need {(current + added_bytes) / 2**30:.2f} GiB "
-                    f"(with new layers {sorted(set(arrays) - set(self._layers))}), above "
-                    f"max_cache_bytes={self.max_cache_bytes / 2**30:.2f} GiB. Use "
-                    "unit='channel', analyse fewer layers, or raise max_cache_bytes."
-                )
+                units = int(np.prod(shape, dtype=np.int64))
+                if layer is None and inputs:
+                    added_bytes += 4 * len(self.grid) * units
+                added_bytes += inputs * self._detail_bytes_per_input(units)
+            if inputs:
+                self._check_budget(added_bytes, set(arrays) - set(self._layers))
         return arrays
+
+    def _detail_bytes_per_input(self, units: int) -> int:
+        if self.per_input == "grid":
+            return detail_dtype(units).itemsize * len(self.grid)
+        return 8 if self.per_input == "start" else 0
+
+    def _check_budget(self, added_bytes: int, new_layers: set[str]) -> None:
+        current = sum(layer.nbytes() for layer in self._layers.values())
+        if current + added_bytes <= self.max_cache_bytes:
+            return
+        raise MemoryError(
+            f"The analysis would need {(current + added_bytes) / 2**30:.2f} GiB "
+            f"(now {current / 2**30:.2f} GiB; new layers {sorted(new_layers)}), above "
+            f"max_cache_bytes={self.max_cache_bytes / 2**30:.2f} GiB. Use unit='channel', "
+            "analyse fewer layers, keep less per-input detail (per_input='start' or "
+            "'none'), or raise max_cache_bytes. Nothing of this batch was applied."
+        )
 
     def consume(self, producer: Any, *, batch_size: int = 32) -> StreamingIUA:
         """Feed every batch of ``producer`` (any form ``IUA.introspect`` takes)."""

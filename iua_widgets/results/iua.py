@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from ..engine import Result, StreamingIUA
+from ..engine.streaming import DEFAULT_MAX_CACHE_BYTES
 from ..sources import iter_batches
 from .table import results_frame
 
@@ -44,6 +45,8 @@ class IUA:
         unit: str = "element",
         channel_axis: int = 1,
         per_input: str = "grid",
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        torch_device: Any = None,
     ) -> IUA:
         """Count inactive units of every response of ``producer``.
 
@@ -57,7 +60,7 @@ class IUA:
             Inputs per batch requested from a producer or mapping.
         rtol, atol
             Tolerances of ``numpy.isclose(x, 0)``; only ``atol`` matters against zero.
-        unit, channel_axis, per_input
+        unit, channel_axis, per_input, max_cache_bytes, torch_device
             See :class:`StreamingIUA`.
 
         Raises
@@ -66,7 +69,8 @@ class IUA:
             For invalid tolerances or when ``producer`` yields no inputs.
         """
         engine = StreamingIUA(
-            rtol=rtol, atol=atol, unit=unit, channel_axis=channel_axis, per_input=per_input
+            rtol=rtol, atol=atol, unit=unit, channel_axis=channel_axis, per_input=per_input,
+            max_cache_bytes=max_cache_bytes, torch_device=torch_device,
         )
         engine.consume(producer, batch_size=batch_size)
         if engine.inputs_seen == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -39,13 +40,22 @@ def iter_batches(producer: Any, *, batch_size: int = 32) -> Iterator[Mapping[str
     ``batch_size`` and yielding objects with ``.fields``), or an iterable of
     mappings, one per batch.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:
+        batch_size = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.") from None
+    if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     if isinstance(producer, Mapping):
         yield from split_dataset(producer, batch_size)
         return
     if callable(producer):
         items: Iterable[Any] = producer(batch_size)
+        if not isinstance(items, Iterable):
+            raise TypeError(
+                f"The producer {producer!r} returned a {type(items).__name__}; a DNIKit-style "
+                "producer must return an iterable of batches when called with batch_size."
+            )
     elif isinstance(producer, Iterable) and not isinstance(producer, str | bytes):
         items = producer
     else:
