@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import traitlets
 
-from iua_widgets.widgets.table import SortableTable, column, json_value
+from iua_widgets.widgets.table import SortableTable, column, json_value, natural_key
 
 from .widget_recorder import browser_update, install
 
@@ -90,3 +93,49 @@ def test_markup_in_names_is_plain_text(monkeypatch):
     assert "insertAdjacentHTML" not in code
     assert "cell.textContent = formatValue" in code
     assert 'line.setAttribute("data-row", rowId)' in code
+
+
+def test_text_sorts_naturally():
+    table = SortableTable(COLUMNS, row_key="name", sort_column="name")
+    names = ["layer10", "layer2", "layer1", "layer1.10", "layer1.9", "layer01", "Layer3", "layer"]
+    table.set_rows([{"name": n, "value": 0.0} for n in names])
+    # layer01 and layer1 have equal runs, so the whole text decides ("0" < "1").
+    want = ["Layer3", "layer", "layer01", "layer1", "layer1.9", "layer1.10", "layer2", "layer10"]
+    assert table.row_ids() == want
+    table.sort_ascending = False
+    assert table.row_ids() == want[::-1]
+
+
+def test_natural_key_digit_runs_by_value():
+    # Digit runs longer than any float still compare exactly.
+    assert natural_key("x" + "9" * 30) < natural_key("x1" + "0" * 30)
+    assert natural_key("a2") < natural_key("a10")
+    assert natural_key("a") < natural_key("a0")
+    # A digit run against other text compares by first character, like plain text.
+    assert natural_key("!a") < natural_key("1a") < natural_key("ba")
+    assert natural_key("a5") < natural_key("a_")
+    assert natural_key("") < natural_key("0")
+
+
+def sample_names(count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    alphabet = list("ab_.-09 1") + ["Z", "é", "\U0001f600", "\uff21", "007"]
+    return ["".join(rng.choice(alphabet, size=rng.integers(0, 7))) for _ in range(count)]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run table.js")
+def test_javascript_sort_matches_python(tmp_path):
+    names = sample_names(400, seed=3) + ["layer10", "layer2", "layer1", "layer01"]
+    # Node imports ES modules by the .mjs suffix without a package.json.
+    module = tmp_path / "table.mjs"
+    module.write_text(str(SortableTable._esm))
+    script = (
+        f"import {{ compareNatural }} from {json.dumps(module.as_uri())};\n"
+        "const names = JSON.parse(process.argv[1]);\n"
+        "console.log(JSON.stringify(names.slice().sort(compareNatural)));\n"
+    )
+    output = subprocess.run(
+        ["node", "--input-type=module", "-e", script, json.dumps(names)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(output) == sorted(names, key=natural_key)

@@ -6,8 +6,82 @@ function isMissing(value) {
   return value === null || value === undefined || (typeof value === "number" && Number.isNaN(value));
 }
 
+// Compare two strings by Unicode code point, as Python compares str (plain
+// `<` compares UTF-16 code units, which orders characters above U+FFFF
+// before U+E000..U+FFFF).
+function compareCodePoints(a, b) {
+  const pointsA = Array.from(a);
+  const pointsB = Array.from(b);
+  const shared = Math.min(pointsA.length, pointsB.length);
+  for (let i = 0; i < shared; i += 1) {
+    const difference = pointsA[i].codePointAt(0) - pointsB[i].codePointAt(0);
+    if (difference !== 0) {
+      return difference;
+    }
+  }
+  return pointsA.length - pointsB.length;
+}
+
+function isDigit(character) {
+  return character >= "0" && character <= "9";
+}
+
+// Sort group of a run: 0 for text starting below "0", 1 for digits, 2 for
+// text starting above "9" (a digit run against a text run compares by first
+// character).
+function runGroup(run) {
+  if (isDigit(run[0])) {
+    return 1;
+  }
+  return run[0] < "0" ? 0 : 2;
+}
+
+function compareRuns(a, b) {
+  const groupA = runGroup(a);
+  const groupB = runGroup(b);
+  if (groupA !== groupB) {
+    return groupA - groupB;
+  }
+  if (groupA !== 1) {
+    return compareCodePoints(a, b);
+  }
+  // Digit runs of any length compare by value: drop leading zeros, then the
+  // longer number is larger, and equal lengths compare digit by digit.
+  const digitsA = a.replace(/^0+/, "");
+  const digitsB = b.replace(/^0+/, "");
+  if (digitsA.length !== digitsB.length) {
+    return digitsA.length - digitsB.length;
+  }
+  if (digitsA < digitsB) {
+    return -1;
+  }
+  if (digitsA > digitsB) {
+    return 1;
+  }
+  return 0;
+}
+
+// Natural order, the same as natural_key in table.py: "layer2" before
+// "layer10"; when all runs are equal ("layer01", "layer1") the whole text
+// decides by code point.
+function compareNatural(a, b) {
+  const runsA = a.match(/[0-9]+|[^0-9]+/g) || [];
+  const runsB = b.match(/[0-9]+|[^0-9]+/g) || [];
+  const shared = Math.min(runsA.length, runsB.length);
+  for (let i = 0; i < shared; i += 1) {
+    const order = compareRuns(runsA[i], runsB[i]);
+    if (order !== 0) {
+      return order;
+    }
+  }
+  if (runsA.length !== runsB.length) {
+    return runsA.length - runsB.length;
+  }
+  return compareCodePoints(a, b);
+}
+
 // Same order as SortableTable.sorted_rows in table.py: missing values last in
-// both directions, numbers by value, text by code unit, ties keep row order.
+// both directions, numbers by value, text in natural order, ties keep row order.
 function compareValues(a, b, ascending) {
   const aMissing = isMissing(a);
   const bMissing = isMissing(b);
@@ -21,13 +95,7 @@ function compareValues(a, b, ascending) {
   if (typeof a === "number" && typeof b === "number") {
     order = a - b;
   } else {
-    const textA = String(a);
-    const textB = String(b);
-    if (textA < textB) {
-      order = -1;
-    } else if (textA > textB) {
-      order = 1;
-    }
+    order = compareNatural(String(a), String(b));
   }
   return ascending ? order : -order;
 }
@@ -162,4 +230,6 @@ function render({ model, el }) {
   };
 }
 
+// The named exports let tests run the sort order outside a browser.
+export { compareNatural, compareValues };
 export default { render };

@@ -11,6 +11,7 @@ ordinary synced traits.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ import traitlets
 
 _HERE = Path(__file__).parent
 
-#: Kinds of column: ``"text"`` sorts by code point, the others numerically.
+#: Kinds of column: ``"text"`` sorts naturally (see :func:`natural_key`), the others numerically.
 COLUMN_KINDS = ("text", "int", "float", "bool")
+
+_CHUNKS = re.compile(r"[0-9]+|[^0-9]+")
 
 
 def column(
@@ -58,6 +61,26 @@ def json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders ``layer2`` before ``layer10``: runs of ASCII digits compare as numbers.
+
+    The text is split into maximal runs of digits and of other characters.
+    Runs compare in turn: digit runs by numeric value (of any length), other
+    runs by code point, and a digit run against another run by their first
+    characters. When all runs are equal (``layer01`` and ``layer1``) the
+    whole text decides, by code point, so the order is total. ``table.js``
+    implements the same order.
+    """
+    chunks = []
+    for chunk in _CHUNKS.findall(text):
+        if "0" <= chunk[0] <= "9":
+            digits = chunk.lstrip("0")
+            chunks.append((1, len(digits), digits))
+        else:
+            chunks.append((0 if chunk[0] < "0" else 2, chunk))
+    return (tuple(chunks), text)
 
 
 def _sort_key(value: Any) -> tuple:
@@ -120,6 +143,7 @@ class SortableTable(anywidget.AnyWidget):
         """Return ``rows`` (default: the current rows) in the order the browser shows them.
 
         Missing values come last in both directions; ties keep their order.
+        Text values sort naturally (:func:`natural_key`), numbers by value.
         """
         rows = list(self.rows if rows is None else rows)
         spec = next((c for c in self.columns if c["key"] == self.sort_column), None)
@@ -128,8 +152,13 @@ class SortableTable(anywidget.AnyWidget):
         field = spec.get("sort_by", spec["key"])
         present = [r for r in rows if _sort_key(r.get(field))[0] == 0]
         missing = [r for r in rows if _sort_key(r.get(field))[0] == 1]
+
+        def key(row: Mapping[str, Any]) -> Any:
+            value = row[field]
+            return natural_key(value) if isinstance(value, str) else value
+
         # sorted() is stable with reverse=True too, so ties keep their order either way.
-        present = sorted(present, key=lambda r: r[field], reverse=not self.sort_ascending)
+        present = sorted(present, key=key, reverse=not self.sort_ascending)
         return [dict(r) for r in present + missing]
 
     def row_ids(self) -> list[str]:
