@@ -4,11 +4,17 @@
 float64 array and the grid converted to that dtype by ``native_thresholds``
 (``G`` values), and returns for that batch:
 
-- ``unit_hist``: ``(G + 2, units)`` unsigned counts of inputs per bin and
-  unit, where bin ``k <= G`` holds ``thresholds[k-1] < |x| <= thresholds[k]``
-  (bin 0 is ``|x| <= thresholds[0]``, bin ``G`` is above every threshold) and
-  bin ``G + 1`` holds NaN and +-inf;
-- ``input_hist``: ``(inputs, G + 2)`` int64, the same per input.
+- ``unit_cumulative``: ``(G + 2, units)`` unsigned, the number of inputs on
+  which unit ``u`` fell in bin ``k`` or below, where bin ``k <= G`` holds
+  ``thresholds[k-1] < |x| <= thresholds[k]`` (bin 0 is
+  ``|x| <= thresholds[0]``, bin ``G`` is above every threshold) and bin
+  ``G + 1`` holds NaN and +-inf; row ``j < G`` is thus the count of inputs
+  with ``|x| <= thresholds[j]``;
+- ``input_hist``: ``(inputs, G + 2)`` int64, inputs' counts per bin (not cumulative).
+
+Passing the same ``scratch`` dict on every call for one layer reuses its
+buffers, which saves the page faults of fresh allocations; the returned
+arrays are views into it, valid until the next call with that ``scratch``.
 
 The numba kernel finds a value's bin from its bit pattern: for non-negative
 IEEE floats, integer order of the bits is numeric order, so the top bits
@@ -95,10 +101,8 @@ def bin_numpy(x: np.ndarray, thresholds: np.ndarray):
     unit_hist = np.bincount(unit_index.ravel(), minlength=bins * units)
     input_index = np.arange(inputs)[:, None] * bins + k
     input_hist = np.bincount(input_index.ravel(), minlength=inputs * bins)
-    return (
-        unit_hist.reshape(bins, units).astype(np.uint32),
-        input_hist.reshape(inputs, bins).astype(np.int64),
-    )
+    unit_cumulative = np.cumsum(unit_hist.reshape(bins, units), axis=0).astype(np.uint32)
+    return unit_cumulative, input_hist.reshape(inputs, bins).astype(np.int64)
 
 
 if numba is not None:
@@ -118,8 +122,11 @@ if numba is not None:
         for c in numba.prange(chunks):
             start = c * step
             stop = min(units, start + step)
+            lane_hist[c * inputs * 4 * bins : (c + 1) * inputs * 4 * bins] = 0
             for block_start in range(start, stop, block):
                 block_stop = min(stop, block_start + block)
+                for k in range(bins):
+                    unit_hist[k * units + block_start : k * units + block_stop] = 0
                 for i in range(inputs):
                     row = bits[i]
                     lanes = numba.uint64((c * inputs + i) * 4 * bins)
@@ -131,6 +138,10 @@ if numba is not None:
                         unit_hist[k * unit_stride + unit] += 1
                         # Four lanes break the store-to-load chain on runs of one bin.
                         lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
+                # Running sum over bins while the block is still in cache.
+                for k in range(1, bins):
+                    for u in range(block_start, block_stop):
+                        unit_hist[k * units + u] += unit_hist[(k - 1) * units + u]
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _bin_search_kernel(x, thresholds, unit_hist, lane_hist):
@@ -159,32 +170,23 @@ if numba is not None:
                         k = lo
                     unit_hist[k, u] += 1
                     lane_hist[c, i, u & 3, k] += 1
-
-    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def accumulate_cumulative(cumulative, unit_hist):
-        """Add the running sum over bins of ``unit_hist`` to ``cumulative`` (G, units)."""
-        count, units = cumulative.shape
-        chunks = max(1, min(64, units // 1024))
-        step = (units + chunks - 1) // chunks
-        for c in numba.prange(chunks):
-            start = c * step
-            stop = min(units, start + step)
-            running = np.zeros(stop - start, dtype=cumulative.dtype)
-            for j in range(count):
+            for k in range(1, count + 2):
                 for u in range(start, stop):
-                    running[u - start] += unit_hist[j, u]
-                    cumulative[j, u] += running[u - start]
+                    unit_hist[k, u] += unit_hist[k - 1, u]
 
-    def bin_numba(x: np.ndarray, thresholds: np.ndarray):
+    def bin_numba(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None):
         """Bin ``x`` with the compiled kernels, in parallel over blocks of units."""
         inputs, units = x.shape
         bins = len(thresholds) + 2
         chunks = max(1, min(units, numba.get_num_threads()))
         hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
-        unit_hist = np.zeros((bins, units), dtype=hist_type)
-        lane_hist = np.zeros((chunks, inputs, 4, bins), dtype=np.int32)
+        scratch = {} if scratch is None else scratch
+        unit_hist = _buffer(scratch, "unit_hist", (bins, units), hist_type)
+        lane_hist = _buffer(scratch, "lane_hist", (chunks, inputs, 4, bins), np.int32)
         tables = bucket_tables(thresholds)
         if tables is None:
+            unit_hist[:] = 0
+            lane_hist[:] = 0
             _bin_search_kernel(x, thresholds, unit_hist, lane_hist)
         else:
             base, single, shift = tables
@@ -195,7 +197,16 @@ if numba is not None:
 
 else:  # pragma: no cover
     bin_numba = None
-    accumulate_cumulative = None
+
+
+def _buffer(scratch: dict, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Return ``scratch[key]`` reshaped to ``shape``, allocating it when too small."""
+    size = int(np.prod(shape))
+    buffer = scratch.get(key)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        scratch[key] = buffer
+    return buffer[:size].reshape(shape)
 
 
 _warned_fallback = False
@@ -206,7 +217,7 @@ def use_compiled() -> bool:
     return bin_numba is not None and os.environ.get("IUA_WIDGETS_KERNEL", "") != "numpy"
 
 
-def bin_values(x: np.ndarray, thresholds: np.ndarray):
+def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None):
     """Bin ``x`` with the fastest available kernel (see the module docstring)."""
     global _warned_fallback
     if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
@@ -216,7 +227,7 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray):
     if use_compiled():
         x = np.ascontiguousarray(x)
         if x.shape[0] <= _SUB_BATCH:
-            return bin_numba(x, thresholds)
+            return bin_numba(x, thresholds, scratch)
         parts = [bin_numba(x[s : s + _SUB_BATCH], thresholds)
                  for s in range(0, x.shape[0], _SUB_BATCH)]
         unit_hist = sum(p[0].astype(np.uint32) for p in parts)
@@ -232,10 +243,27 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray):
     return bin_numpy(x, thresholds)
 
 
-def add_cumulative(cumulative: np.ndarray, unit_hist: np.ndarray) -> None:
-    """Add ``cumsum(unit_hist[:G], axis=0)`` to ``cumulative`` in place."""
-    count = cumulative.shape[0]
+def add_cumulative(cumulative: np.ndarray, unit_cumulative: np.ndarray) -> None:
+    """Add the first ``G`` rows of a batch's ``unit_cumulative`` to the cache in place."""
     if use_compiled() and cumulative.shape[1] > 0:
-        accumulate_cumulative(cumulative, unit_hist)
+        # numpy's mixed uint32 += uint16 add goes through casting buffers and
+        # took a quarter of the ingest time; the compiled loop widens in place.
+        _add_rows(cumulative, unit_cumulative)
     else:
-        cumulative += np.cumsum(unit_hist[:count], axis=0, dtype=cumulative.dtype)
+        np.add(cumulative, unit_cumulative[: cumulative.shape[0]], out=cumulative,
+               casting="unsafe")
+
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def _add_rows(cumulative, unit_cumulative):
+        rows, units = cumulative.shape
+        chunks = max(1, min(64, units // 4096))
+        step = (units + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            start = c * step
+            stop = min(units, start + step)
+            for j in range(rows):
+                for u in range(start, stop):
+                    cumulative[j, u] += unit_cumulative[j, u]

@@ -28,7 +28,7 @@ class BatchContribution:
     """What one batch adds to one layer's statistics, computed before any of it is applied."""
 
     inputs: int
-    unit_hist: np.ndarray  # (thresholds + 2, units) unsigned, see kernels.bin_values
+    unit_cumulative: np.ndarray  # (thresholds + 2, units) unsigned, see kernels.bin_values
     input_counts: np.ndarray  # (inputs, thresholds) int64, inactive units per input
     nonfinite: int
 
@@ -119,18 +119,24 @@ class LayerStats:
         self._input_counts: list[np.ndarray] = []
 
     @staticmethod
-    def compute(magnitudes: np.ndarray, thresholds: np.ndarray) -> BatchContribution:
-        """Bin one ``(inputs, units)`` batch; nothing is stored yet."""
-        unit_hist, input_hist = bin_values(magnitudes, thresholds)
+    def compute(
+        magnitudes: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None
+    ) -> BatchContribution:
+        """Bin one ``(inputs, units)`` batch; nothing is stored yet.
+
+        ``scratch`` (one dict per layer) lets the kernel reuse its buffers; the
+        contribution is then valid until the next ``compute`` with that dict.
+        """
+        unit_cumulative, input_hist = bin_values(magnitudes, thresholds, scratch)
         input_counts = np.cumsum(input_hist[:, : len(thresholds)], axis=1)
         nonfinite = int(input_hist[:, -1].sum())
-        return BatchContribution(magnitudes.shape[0], unit_hist, input_counts, nonfinite)
+        return BatchContribution(magnitudes.shape[0], unit_cumulative, input_counts, nonfinite)
 
     def apply(self, part: BatchContribution) -> None:
         """Add one computed batch to the statistics."""
         if self.inputs + part.inputs > _UINT32_LIMIT and self.cumulative.dtype == np.uint32:
             self.cumulative = self.cumulative.astype(np.int64)
-        add_cumulative(self.cumulative, part.unit_hist)
+        add_cumulative(self.cumulative, part.unit_cumulative)
         counts = part.input_counts
         sums = counts.sum(axis=0)
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.

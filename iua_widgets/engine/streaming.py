@@ -118,6 +118,9 @@ class StreamingIUA:
             np.dtype(np.float64): self.grid,
         }
         self._layers: dict[str, LayerStats] = {}
+        # Per-layer kernel buffers, reused from batch to batch (about 2 bytes
+        # per unit and grid threshold, outside max_cache_bytes).
+        self._scratch: dict[str, dict] = {}
         self._observers: list[Callable[[StreamingIUA], None]] = []
         self._lock = threading.RLock()
         self.inputs_seen = 0
@@ -143,17 +146,25 @@ class StreamingIUA:
         if self.torch_device is not None:
             self._update_on_device(arrays, inputs)
             return
-        prepared = {}
-        for name, array in arrays.items():
-            magnitudes = as_units(array, self.unit, self.channel_axis, name)
-            thresholds = self._thresholds[magnitudes.dtype]
-            part = LayerStats.compute(magnitudes, thresholds)
-            if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
-                # A channel's max only shows that some element is NaN or inf;
-                # count the values themselves.
-                part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
-            prepared[name] = part
-        with self._lock, deferred_interrupt():
+        with self._lock:
+            # Computing under the lock too, because each layer's kernel buffers
+            # are reused from batch to batch.
+            prepared = {}
+            for name, array in arrays.items():
+                magnitudes = as_units(array, self.unit, self.channel_axis, name)
+                thresholds = self._thresholds[magnitudes.dtype]
+                scratch = self._scratch.setdefault(name, {})
+                part = LayerStats.compute(magnitudes, thresholds, scratch)
+                if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
+                    # A channel's max only shows that some element is NaN or inf;
+                    # count the values themselves.
+                    part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
+                prepared[name] = part
+            self._apply_prepared(arrays, prepared)
+        self._finish_update(arrays, inputs)
+
+    def _apply_prepared(self, arrays: dict[str, Any], prepared: dict[str, Any]) -> None:
+        with deferred_interrupt():
             for name, array in arrays.items():
                 layer = self._layers.get(name)
                 if layer is None:
@@ -163,7 +174,6 @@ class StreamingIUA:
                     )
                     self._layers[name] = layer
                 layer.apply(prepared[name])
-        self._finish_update(arrays, inputs)
 
     def _finish_update(self, arrays: dict[str, Any], inputs: int) -> None:
         with self._lock:
