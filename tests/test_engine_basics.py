@@ -270,3 +270,12 @@ def test_introspect_takes_max_cache_bytes():
 def test_producer_returning_non_iterable_is_clear():
     with pytest.raises(TypeError, match="iterable of batches"):
         IUA.introspect(lambda batch_size: 5)
+
+
+@pytest.mark.parametrize("atol", [1e-8, 2.0**24, 3e7])
+def test_large_integers_compare_exactly(atol):
+    values = np.array([[2**24 - 1, 2**24, 2**24 + 1, 30_000_001, -(2**31), 0]], dtype=np.int64)
+    engine = StreamingIUA(atol=atol)
+    engine.update({"a": values})
+    want = np.abs(values.astype(np.float64)) <= atol
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, want[0].astype(int))

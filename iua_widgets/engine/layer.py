@@ -33,17 +33,27 @@ class BatchContribution:
     nonfinite: int
 
 
-def as_units(array: np.ndarray, unit: str, channel_axis: int, name: str) -> np.ndarray:
+#: Integers up to this magnitude are exact in float32.
+FLOAT32_EXACT_INTEGERS = 2**24
+
+
+def as_units(
+    array: np.ndarray, unit: str, channel_axis: int, name: str, max_threshold: float = np.inf
+) -> np.ndarray:
     """Reshape one response batch to ``(inputs, units)`` magnitudes ready for binning.
 
-    Integer and bool responses become float64 (exact for magnitudes below
-    2**53); float16 becomes float32 (exact). In channel mode each unit is the
-    largest magnitude of the channel's elements, NaN-propagating, because a
-    channel is inactive only when all its elements are.
+    float16 becomes float32 (exact). Integer and bool responses become
+    float32 when every threshold is below 2**24: then integers up to 2**24
+    are exact and larger ones round to at least 2**24, above every threshold,
+    so each comparison keeps its answer. Otherwise they become float64 (exact
+    below 2**53). In channel mode each unit is the largest magnitude of the
+    channel's elements, NaN-propagating, because a channel is inactive only
+    when all its elements are.
     """
     check_dtype(array.dtype, name)
     if array.dtype.kind in "biu":
-        array = array.astype(np.float64)
+        exact_in_float32 = max_threshold < FLOAT32_EXACT_INTEGERS
+        array = array.astype(np.float32 if exact_in_float32 else np.float64)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)
     inputs = array.shape[0]

@@ -151,7 +151,9 @@ class StreamingIUA:
             # are reused from batch to batch.
             prepared = {}
             for name, array in arrays.items():
-                magnitudes = as_units(array, self.unit, self.channel_axis, name)
+                magnitudes = as_units(
+                    array, self.unit, self.channel_axis, name, float(self.grid[-1])
+                )
                 thresholds = self._thresholds[magnitudes.dtype]
                 scratch = self._scratch.setdefault(name, {})
                 part = LayerStats.compute(magnitudes, thresholds, scratch)
