@@ -42,7 +42,7 @@ def test_keyboard_interrupt_between_batches_keeps_statistics():
     assert engine.results["a"].inputs == 4
 
 
-def test_interrupt_during_apply_is_deferred_until_batch_is_whole():
+def test_interrupt_during_apply_deferred():
     engine = StreamingIUA()
     applied = []
     original = layer_module.LayerStats.apply
