@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -47,6 +48,7 @@ class IUA:
         per_input: str = "grid",
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         torch_device: Any = None,
+        progress: bool | None = None,
     ) -> IUA:
         """Count inactive units of every response of ``producer``.
 
@@ -62,6 +64,9 @@ class IUA:
             Tolerances of ``numpy.isclose(x, 0)``; only ``atol`` matters against zero.
         unit, channel_axis, per_input, max_cache_bytes, torch_device
             See :class:`StreamingIUA`.
+        progress
+            Show a progress bar widget while batches arrive. ``None`` (default)
+            shows it when running in a Jupyter kernel, ``False`` never.
 
         Raises
         ------
@@ -72,7 +77,19 @@ class IUA:
             rtol=rtol, atol=atol, unit=unit, channel_axis=channel_axis, per_input=per_input,
             max_cache_bytes=max_cache_bytes, torch_device=torch_device,
         )
-        engine.consume(producer, batch_size=batch_size)
+        bar = None
+        if progress or progress is None and _in_notebook_kernel():
+            from ..widgets.progress import IntrospectProgress
+
+            bar = IntrospectProgress(engine)
+        try:
+            engine.consume(producer, batch_size=batch_size)
+        except BaseException as error:
+            if bar is not None:
+                bar.close(error)
+            raise
+        if bar is not None:
+            bar.close()
         if engine.inputs_seen == 0:
             raise ValueError(
                 "The producer yielded no inputs, so there is nothing to analyse. "
@@ -146,6 +163,15 @@ class IUA:
             f"Unknown vis_type {vis_type!r}; expected IUA.VisType.TABLE ('table') "
             "or IUA.VisType.CHART ('chart')."
         )
+
+
+def _in_notebook_kernel() -> bool:
+    # Checked without importing ipywidgets, which plain scripts do not need.
+    if "ipykernel" not in sys.modules:
+        return False
+    from ..widgets.progress import in_notebook_kernel
+
+    return in_notebook_kernel()
 
 
 def select_responses(
