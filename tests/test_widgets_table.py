@@ -139,3 +139,27 @@ def test_javascript_sort_matches_python(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout
     assert json.loads(output) == sorted(names, key=natural_key)
+
+
+def test_unknown_selection_reverted(monkeypatch):
+    recorder = install(monkeypatch)
+    table = SortableTable(COLUMNS, row_key="name")
+    table.set_rows(ROWS)
+    table.selected = "c"
+    table.selected = "ghost"
+    assert table.selected == "c"
+    recorder.clear()
+    browser_update(table, selected="ghost")
+    assert table.selected == "c"
+    sent = [m.data["state"] for m in recorder.updates(table.model_id)]
+    assert sent == [{"selected": "c"}]
+    table.selected = None
+    assert table.selected is None
+
+
+def test_selection_cleared_when_row_goes():
+    table = SortableTable(COLUMNS, row_key="name")
+    table.set_rows(ROWS)
+    table.selected = "b"
+    table.set_rows(ROWS[1:])
+    assert table.selected is None

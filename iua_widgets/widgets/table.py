@@ -10,6 +10,7 @@ ordinary synced traits.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,8 @@ from typing import Any
 import anywidget
 import numpy as np
 import traitlets
+
+logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 
@@ -114,7 +117,7 @@ class SortableTable(anywidget.AnyWidget):
     sort_ascending = traitlets.Bool(True).tag(sync=True)
     """Sort direction."""
     selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
-    """Id of the selected row, or ``None``."""
+    """Id of the selected row, or ``None``. An id of no row is ignored (the selection stays)."""
     flagged = traitlets.List(traitlets.Unicode()).tag(sync=True)
     """Ids of rows drawn as flagged."""
     flag_notes = traitlets.Dict().tag(sync=True)
@@ -124,7 +127,9 @@ class SortableTable(anywidget.AnyWidget):
 
     def __init__(self, columns: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
         super().__init__(columns=[dict(c) for c in columns], **kwargs)
+        self._valid_selection = self.selected
         self.observe(self._resort, names=["sort_column", "sort_ascending"])
+        self.observe(self._remember_selection, names="selected")
 
     @traitlets.validate("sort_column")
     def _check_sort_column(self, proposal: dict) -> str:
@@ -134,10 +139,34 @@ class SortableTable(anywidget.AnyWidget):
             raise traitlets.TraitError(f"Unknown sort column {key!r}; columns are {known}.")
         return key
 
+    @traitlets.validate("selected")
+    def _check_selected(self, proposal: dict) -> str | None:
+        # Reverting instead of raising also covers a stale click from the
+        # browser: ipywidgets sends the kept value back to it.
+        row_id = proposal["value"]
+        if row_id is None or row_id in self.row_ids():
+            return row_id
+        # self.selected may already be the rejected id: a browser update sets it
+        # before validating (traitlets' hold_trait_notifications).
+        kept = getattr(self, "_valid_selection", None)
+        logger.warning(
+            "Ignored the selection of row %r: no row has that id; the selection stays %r.",
+            row_id, kept,
+        )
+        return kept
+
+    def _remember_selection(self, change: dict) -> None:
+        self._valid_selection = change["new"]
+
     def set_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the rows, converted to JSON values and sorted by the current sort column."""
+        """Replace the rows, converted to JSON values and sorted by the current sort column.
+
+        The selection is cleared when its row is gone.
+        """
         clean = [{k: json_value(v) for k, v in row.items()} for row in rows]
         self.rows = self.sorted_rows(clean)
+        if self.selected is not None and self.selected not in self.row_ids():
+            self.selected = None
 
     def sorted_rows(self, rows: Sequence[Mapping[str, Any]] | None = None) -> list[dict]:
         """Return ``rows`` (default: the current rows) in the order the browser shows them.
