@@ -14,7 +14,7 @@ from iua_widgets.widgets.heatmap import UnitHeatmap, cell_positions, heatmap_pan
 from iua_widgets.widgets.heatmap_grid import (
     COLORS, MAX_SIDE, MEAN_OVER_CHANNELS, ROW_UNITS, heatmap_grid, to_rgb,
 )
-from iua_widgets.widgets.png import png_bytes, read_png, upscale
+from iua_widgets.widgets.png import MAX_PNG_SIZE, png_bytes, read_png, upscale
 
 from .widget_recorder import install
 
@@ -233,3 +233,17 @@ def test_channel_units_grid_of_channels():
     assert view.figure.title == "conv · 40 units · rows of 7, 1 unit per cell, 2 padding cells = 0"
     view.probe.hover_cell = [1, 0]
     assert view.probe.text == "unit (7,): inactive proportion 1"
+
+
+@pytest.mark.parametrize("target", [0, -5, 8193, True, 2.5, "512", None])
+def test_upscale_rejects_invalid_size(target):
+    rgb = np.zeros((3, 2, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="size must be an int from 1 to 8192 pixels"):
+        upscale(rgb, target)
+
+
+def test_upscale_size_limits():
+    rgb = np.arange(18, dtype=np.uint8).reshape(3, 2, 3)
+    np.testing.assert_array_equal(upscale(rgb, 1), rgb)
+    assert upscale(rgb, MAX_PNG_SIZE).shape == (8190, 5460, 3)
+    assert upscale(rgb, np.int32(7)).shape == (6, 4, 3)

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Largest ``target`` of :func:`upscale` in pixels. 8192 x 8192 RGB is 192 MiB, and
+#: encoding makes about two more copies of it.
+MAX_PNG_SIZE = 8192
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -47,8 +50,25 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def upscale(rgb: np.ndarray, target: int = 512) -> np.ndarray:
-    """Repeat each cell by the same whole factor so the longer side is about ``target`` pixels."""
-    factor = max(1, target // max(rgb.shape[:2]))
+    """Repeat each cell by the same whole factor so the longer side is about ``target`` pixels.
+
+    The factor is ``target // longer side``, at least 1, so the longer side
+    is at most ``target`` pixels unless the array itself is longer.
+
+    Raises
+    ------
+    ValueError
+        When ``target`` is not an int from 1 to ``MAX_PNG_SIZE``.
+    """
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | np.integer)
+        or not 1 <= target <= MAX_PNG_SIZE
+    ):
+        raise ValueError(
+            f"size must be an int from 1 to {MAX_PNG_SIZE} pixels, got {target!r}."
+        )
+    factor = max(1, int(target) // max(rgb.shape[:2]))
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
