@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -12,10 +14,12 @@ import pytest
 import iua_widgets
 from iua_widgets import IUA, StreamingIUA
 from iua_widgets.results.table import results_frame
+from iua_widgets.widgets.controls import RTOL_NO_EFFECT
 from iua_widgets.widgets.dashboard import Dashboard
 from iua_widgets.widgets.drilldown import TOP_UNITS, activity_histogram, top_units
 from iua_widgets.widgets.heatmap import mark_color
 from iua_widgets.widgets.heatmap_grid import MAX_SIDE, heatmap_grid, to_rgb
+from iua_widgets.widgets.layer_table import read_table_csv
 from iua_widgets.widgets.png import read_png
 
 from .widget_recorder import browser_update, install
@@ -129,7 +133,19 @@ def test_rtol_marked_and_without_effect():
     pd.testing.assert_frame_equal(before, after)
     dash.thresholds.rtol_box.value = -1.0
     assert dash.thresholds.rtol == 0.5
-    assert "rtol must be finite" in dash.thresholds.note.value
+    assert dash.thresholds.rtol_box.value == 0.5
+
+
+def test_invalid_rtol_error_in_rtol_note():
+    dash = Dashboard(make_engine())
+    dash.thresholds.rtol_box.value = -1.0
+    rtol_note = dash.thresholds.rtol_note.value
+    assert "rtol must be finite and &gt;= 0, got -1.0" in rtol_note
+    assert "no effect against a zero reference" in rtol_note
+    assert dash.thresholds.note.value == ""
+    dash.thresholds.rtol_box.value = 0.25
+    assert dash.thresholds.rtol_note.value == RTOL_NO_EFFECT
+    assert dash.table_frame().attrs["rtol"] == 0.25
 
 
 def test_row_click_selects_layer():
@@ -294,3 +310,147 @@ def test_slider_move_clears_snap_note():
     dash.thresholds.slider.value = 5e-7
     assert dash.thresholds.note.value == ""
     assert dash.thresholds.text.value == "5e-07"
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda engine: Dashboard(5), TypeError, "StreamingIUA or an IUA"),
+        (lambda engine: Dashboard(engine, atol=3e-3), ValueError, "not on the threshold grid"),
+        (lambda engine: Dashboard(engine, dead_alert=2), ValueError, "dead_alert must be a fraction"),
+        (lambda engine: Dashboard(engine, layer="nope"), ValueError, "No layer named 'nope'"),
+    ],
+    ids=["not an engine", "off-grid atol", "dead_alert 2", "unknown layer"],
+)
+def test_failed_constructor_no_unraisable(monkeypatch, build, error, match):
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    engine = make_engine()
+    with pytest.raises(error, match=match) as info:
+        build(engine)
+    del info  # its traceback keeps the half-built dashboard alive
+    gc.collect()
+    assert [str(hook.exc_value) for hook in unraisable] == []
+
+
+def test_close_on_unbuilt_dashboard():
+    unbuilt = Dashboard.__new__(Dashboard)
+    unbuilt.close()
+    assert unbuilt.comm is None
+
+
+def test_unknown_layer_lists_known_layers():
+    iua = IUA.introspect({"a": np.zeros((10, 5)), "b": np.ones((10, 2))})
+    with pytest.raises(ValueError, match=r"No layer named 'nope'; known layers: \['a', 'b'\]"):
+        Dashboard(iua, layer="nope")
+
+
+def test_layer_of_empty_engine_waits():
+    engine = StreamingIUA()
+    dash = Dashboard(engine, layer="b", redraw_interval=0.0)
+    assert dash.layer is None
+    engine.update({"a": np.zeros((2, 3)), "b": np.zeros((2, 4))})
+    assert dash.layer == "b"
+
+
+def test_ghost_table_selection_reverted(monkeypatch):
+    recorder = install(monkeypatch)
+    dash = Dashboard(make_engine())
+    assert dash.layer == "conv"
+    dash.table.selected = "ghost"
+    assert dash.table.selected == "conv"
+    assert dash.layer == "conv"
+    recorder.clear()
+    browser_update(dash.table, selected="ghost")
+    assert dash.table.selected == "conv"
+    assert dash.layer_select.value == "conv"
+    # The browser showed "ghost" selected; it is sent the kept selection.
+    sent = [m.data["state"]["selected"] for m in recorder.updates(dash.table.model_id)
+            if "selected" in m.data["state"]]
+    assert sent[-1:] == ["conv"]
+
+
+@pytest.mark.parametrize("size", [0, -5, 8193, True, 2.5, "512"])
+def test_png_size_out_of_range_rejected(tmp_path, size):
+    dash = Dashboard(make_engine(), layer="conv")
+    target = tmp_path / "heatmap.png"
+    with pytest.raises(ValueError, match="size must be an int from 1 to 8192 pixels"):
+        dash.save_heatmap_png(target, size=size)
+    assert not target.exists()
+
+
+def test_png_size_limits_accepted(tmp_path):
+    dash = Dashboard(make_engine(), layer="conv")
+    values = dash.heatmap.grid.values  # 6 x 5 cells
+    small = read_png(dash.save_heatmap_png(tmp_path / "small.png", size=1).read_bytes())
+    assert small.shape == (*values.shape, 3)
+    np.testing.assert_array_equal(small, to_rgb(values))
+    large = read_png(dash.save_heatmap_png(tmp_path / "large.png", size=np.int64(8192)).read_bytes())
+    factor = 8192 // 6
+    assert large.shape == (6 * factor, 5 * factor, 3)
+
+
+@pytest.mark.parametrize("value", ["1e-3", "0", True, np.bool_(False), None, [1e-8]])
+def test_atol_non_number_rejected(value):
+    dash = Dashboard(make_engine())
+    dash.atol = 1e-6
+    with pytest.raises(TypeError, match="atol must be a real number"):
+        dash.atol = value
+    assert dash.atol == 1e-6
+
+
+def test_atol_numpy_numbers_accepted():
+    dash = Dashboard(make_engine())
+    dash.atol = np.float64(2e-8)
+    assert dash.atol == 2e-8
+    dash.atol = 0
+    assert dash.atol == 0.0
+    dash.atol = np.int64(1)
+    assert dash.atol == 1.0
+    with pytest.raises(TypeError, match="atol must be a real number"):
+        Dashboard(make_engine(), atol="1e-8")
+    with pytest.raises(TypeError, match="dead_alert must be a real number"):
+        Dashboard(make_engine(), dead_alert="0.5")
+    with pytest.raises(TypeError, match="dead_alert must be a real number"):
+        dash.dead_alert = True
+
+
+def test_layer_names_sort_naturally():
+    engine = StreamingIUA()
+    engine.update({name: np.zeros((2, 3)) for name in ["layer10", "layer2", "layer1", "head"]})
+    dash = Dashboard(engine)
+    natural = ["head", "layer1", "layer2", "layer10"]
+    assert list(dash.table_frame()["layer"]) == natural
+    assert [row["layer"] for row in dash.table.rows] == natural
+    browser_update(dash.table, sort_ascending=False)
+    assert list(dash.table_frame()["layer"]) == natural[::-1]
+    # Equal keys keep the engine's order in both directions.
+    browser_update(dash.table, sort_column="units", sort_ascending=True)
+    assert list(dash.table_frame()["layer"]) == ["layer10", "layer2", "layer1", "head"]
+
+
+def test_csv_keeps_threshold_settings(tmp_path):
+    engine = make_engine()
+    dash = Dashboard(engine, atol=2e-8, rtol=0.5, dead_alert=0.2)
+    browser_update(dash.table, sort_column="mean_inactive", sort_ascending=False)
+    frame = dash.table_frame()
+    path = dash.to_csv(tmp_path / "layers.csv")
+
+    plain = pd.read_csv(path)
+    assert list(plain["atol"].unique()) == [2e-8]
+    assert list(plain["rtol"].unique()) == [0.5]
+    assert list(plain["dead_alert"].unique()) == [0.2]
+    assert list(plain["layer"]) == list(frame["layer"])
+
+    back = read_table_csv(path)
+    pd.testing.assert_frame_equal(back, frame)
+    assert back.attrs == {"atol": 2e-8, "rtol": 0.5, "dead_alert": 0.2}
+
+
+def test_csv_layer_names_stay_text(tmp_path):
+    engine = StreamingIUA()
+    engine.update({name: np.zeros((2, 3)) for name in ["1", "NA", "a,b", 'q"uote']})
+    dash = Dashboard(engine)
+    back = read_table_csv(dash.to_csv(tmp_path / "layers.csv"))
+    assert list(back["layer"]) == ["1", "NA", "a,b", 'q"uote']
+    pd.testing.assert_frame_equal(back, dash.table_frame())

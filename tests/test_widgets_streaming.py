@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from iua_widgets import StreamingIUA
+from iua_widgets import IUA, StreamingIUA
 from iua_widgets.widgets.dashboard import Dashboard
 from iua_widgets.widgets.streaming import Throttle
 
@@ -258,3 +258,51 @@ def test_interrupt_inline_stream_cancels():
     assert dash.engine.batches_seen == 2
     assert dash.progress.label.value.endswith("cancelled")
     assert dash.errors.messages == []
+
+
+def recorded_labels(dash: Dashboard) -> list[str]:
+    labels: list[str] = []
+    dash.progress.label.observe(lambda change: labels.append(change["new"]), names="value")
+    return labels
+
+
+def label_counts(label: str) -> tuple[int, int | None]:
+    """Inputs seen and the total of a progress label such as ``"8 / 10 inputs · ..."``."""
+    counts = label.split(" inputs")[0]
+    if " / " in counts:
+        seen, total = counts.split(" / ")
+        return int(seen), int(total)
+    return int(counts), None
+
+
+def test_unknown_size_stream_clears_stale_total():
+    iua = IUA.introspect({"a": np.zeros((10, 5))})
+    dash = Dashboard(iua)
+    assert dash.progress.label.value.startswith("10 / 10 inputs")
+
+    def producer():
+        for _ in range(3):
+            yield {"a": np.zeros((8, 5))}
+
+    dash.stream(producer())
+    assert dash.wait(timeout=60).state == "finished"
+    label = dash.progress.label.value
+    assert label.startswith("34 inputs")
+    assert " / " not in label
+    assert label.endswith("finished")
+    assert dash.engine.expected_inputs is None
+    assert dash.progress.bar.value == 1.0
+
+
+def test_total_below_inputs_is_dropped():
+    dash = Dashboard(StreamingIUA(), redraw_interval=0.0)
+    labels = recorded_labels(dash)
+    dash.stream({"a": np.ones((50, 3))}, total=10, batch_size=4, background=False)
+    assert dash.handle.state == "finished"
+    assert "8 / 10 inputs" in [label.split(" · ")[0] for label in labels]
+    for label in labels:
+        seen, total = label_counts(label)
+        assert total is None or seen <= total, label
+    assert dash.progress.label.value.startswith("50 inputs · ")
+    assert dash.engine.expected_inputs is None
+    assert dash.progress.bar.value == 1.0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
+import numbers
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ipywidgets as widgets
 import numpy as np
@@ -16,6 +18,24 @@ logger = logging.getLogger(__name__)
 
 #: Errors listed in the error area; older ones are counted, not shown.
 MAX_SHOWN_ERRORS = 20
+#: Text of the rtol note; an invalid rtol adds its error after it.
+RTOL_NO_EFFECT = "<i>rtol: no effect against a zero reference</i>"
+
+
+def check_real(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a real number (numpy scalars included).
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is a bool, a string or any other non-real object.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number such as 1e-08, got {value!r} "
+            f"({type(value).__name__}); pass float(value) to convert text."
+        )
+    return float(value)
 
 
 def format_threshold(value: float) -> str:
@@ -39,6 +59,12 @@ class ThresholdControls(widgets.VBox):
     note when it did.
     ``rtol`` is kept for DNIKit compatibility and marked as having no effect,
     because against a zero reference ``isclose(x, 0)`` is ``|x| <= atol``.
+    An invalid rtol is reverted, and its error appears in ``rtol_note`` after
+    that remark.
+
+    ``replacing_grid`` is true while :meth:`set_grid` swaps the slider's
+    options: the slider then passes through the new grid's first value, and
+    observers that forward the slider value should skip those changes.
     """
 
     def __init__(self, grid: np.ndarray, atol: float, rtol: float) -> None:
@@ -63,7 +89,7 @@ class ThresholdControls(widgets.VBox):
             tooltip="isclose(x, 0, rtol, atol) is |x| <= atol: rtol has no effect.",
         )
         self.rtol_box.add_class("iua-rtol")
-        self.rtol_note = widgets.HTML("<i>rtol: no effect against a zero reference</i>")
+        self.rtol_note = widgets.HTML(RTOL_NO_EFFECT)
         self.rtol_note.add_class("iua-rtol-note")
         super().__init__(
             children=[
@@ -73,6 +99,7 @@ class ThresholdControls(widgets.VBox):
         )
         self.add_class("iua-threshold-controls")
         self._last_rtol = float(rtol)
+        self.replacing_grid = False
         self.slider.observe(self._on_slider, names="value")
         self.text.observe(self._on_text, names="value")
         self.rtol_box.observe(self._on_rtol, names="value")
@@ -84,6 +111,27 @@ class ThresholdControls(widgets.VBox):
     @property
     def rtol(self) -> float:
         return self._last_rtol
+
+    def set_grid(self, grid: np.ndarray, atol: float) -> None:
+        """Put the slider on a new threshold grid at ``atol`` (a value of ``grid``)."""
+        grid = np.asarray(grid, dtype=np.float64)
+        value = float(grid[grid_index(grid, atol)])
+        if not np.array_equal(grid, self.grid):
+            options = [(format_threshold(v), float(v)) for v in grid]
+            with self._replacing_grid():
+                # Changing the options of a SelectionSlider (ipywidgets 8) always
+                # selects the first option.
+                self.grid = grid
+                self.slider.options = options
+        self.slider.value = value
+
+    @contextlib.contextmanager
+    def _replacing_grid(self) -> Iterator[None]:
+        self.replacing_grid = True
+        try:
+            yield
+        finally:
+            self.replacing_grid = False
 
     def _on_slider(self, change: dict) -> None:
         # A note about an earlier typed value no longer applies; _on_text sets
@@ -115,10 +163,16 @@ class ThresholdControls(widgets.VBox):
     def _on_rtol(self, change: dict) -> None:
         value = change["new"]
         if not np.isfinite(value) or value < 0:
-            self.note.value = html.escape(f"rtol must be finite and >= 0, got {value!r}.")
+            # Revert before writing the error, because the revert runs this
+            # observer again and resets the note.
             self.rtol_box.value = self._last_rtol
+            error = html.escape(
+                f"rtol must be finite and >= 0, got {value!r}; kept {self._last_rtol!r}."
+            )
+            self.rtol_note.value = f"{RTOL_NO_EFFECT} <b>{error}</b>"
             return
         self._last_rtol = float(value)
+        self.rtol_note.value = RTOL_NO_EFFECT
 
 
 class ProgressControls(widgets.HBox):
@@ -145,7 +199,14 @@ class ProgressControls(widgets.HBox):
         self.add_class("iua-progress-controls")
 
     def show(self, seen: int, expected: int | None, rate: float, state: str) -> None:
-        """Update the bar and label; ``state`` is a stream state or ``"idle"``."""
+        """Update the bar and label; ``state`` is a stream state or ``"idle"``.
+
+        Without an expected count (``None``, 0, or fewer than ``seen``: a stale
+        or wrong total) the label shows ``seen`` alone and the bar stays empty
+        until the stream finishes, then full.
+        """
+        if expected is not None and seen > expected:
+            expected = None
         done = state == "finished"
         with self.bar.hold_sync():
             if expected:

@@ -13,6 +13,7 @@ Stable CSS classes (browser tests rely on them):
 ``iua-atol-text``                      atol text box beside it: type a value, Enter, snaps to grid
 ``iua-atol-note``                      note on snapped or invalid typed values
 ``iua-rtol``                           rtol box; ``iua-rtol-note`` marks it as having no effect
+                                       and shows an invalid rtol's error
 ``iua-layer-table``                    layer table; ``th[data-column="<key>"]``,
                                        ``tr[data-row="<layer name>"]``, ``td[data-column="<key>"]``,
                                        rows with class ``selected`` and ``flagged``
@@ -32,12 +33,18 @@ Layer table column keys: ``layer``, ``units``, ``inputs``, ``mean_inactive``,
 ``std_inactive``, ``mean_inactive_pct``, ``dead_units``, ``dead_pct``,
 ``nonfinite``. Unit table column keys: ``unit``, ``inactive``,
 ``proportion``, ``dead``.
+
+What the view shows (layer, thresholds, alert, sort, heatmap channel) is a
+JSON-serialisable dict, :meth:`Dashboard.view_state`; its keys are listed in
+:mod:`.view_state`. :meth:`Dashboard.save` writes it next to the analysis
+file, and :meth:`Dashboard.load` restores both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -46,59 +53,27 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..engine import Result, StreamingIUA
-from ..engine.grid import grid_index
-from ..results.table import layer_row
-from .controls import ErrorArea, ProgressControls, ThresholdControls, guarded
+from .controls import ErrorArea, ProgressControls, ThresholdControls, check_real, guarded
+from .dashboard_state import ViewStateMixin, check_channel, check_layer, engine_of, grid_atol
+from .dashboard_stream import StreamingMixin
 from .drilldown import UnitDrilldown
 from .heatmap import UnitHeatmap
-from .heatmap_grid import to_rgb
+from .heatmap_grid import channel_count, to_rgb
+from .layer_table import FRAME_NAMES, LAYER_COLUMNS, layer_rows, rows_frame, write_table_csv
 from .png import upscale, write_png
-from .streaming import END_STATES, StreamHandle, Throttle, stream_total
-from .table import SortableTable, column
+from .streaming import StreamHandle, Throttle
+from .table import SortableTable
+from .view_state import check_fraction, check_view_state
+
+__all__ = ["FRAME_NAMES", "LAYER_COLUMNS", "Dashboard"]
 
 logger = logging.getLogger(__name__)
 
-LAYER_COLUMNS = [
-    column("layer", "layer", "text"),
-    column("units", "units", "int"),
-    column("inputs", "inputs", "int"),
-    column("mean_inactive", "mean inactive", "float", digits=2),
-    column(
-        "std_inactive", "std", "float", digits=2,
-        title="Population std of inactive units per input",
-    ),
-    column("mean_inactive_pct", "mean inactive %", "float", digits=2),
-    column("dead_units", "dead units", "int"),
-    column("dead_pct", "dead %", "float", digits=2),
-    column(
-        "nonfinite", "nonfinite", "int", title="NaN and inf response values (counted as active)"
-    ),
-]
-#: Layer table key -> column name of ``results_frame`` (``table_frame`` uses these, with "layer").
-FRAME_NAMES = {
-    "layer": "layer", "units": "units", "inputs": "inputs", "mean_inactive": "mean inactive",
-    "std_inactive": "std inactive", "mean_inactive_pct": "mean inactive %",
-    "dead_units": "dead units", "dead_pct": "dead %", "nonfinite": "nonfinite",
-}
-_ROW_KEYS = {
-    "response": "layer", "units": "units", "inputs": "inputs", "mean inactive": "mean_inactive",
-    "std inactive": "std_inactive", "mean inactive %": "mean_inactive_pct",
-    "dead units": "dead_units", "dead %": "dead_pct", "nonfinite": "nonfinite",
-}
+#: Widgets the dashboard owns and closes, by attribute name.
+_PARTS = ("layer_select", "thresholds", "progress", "table", "heatmap", "drilldown", "errors")
 
 
-def _engine_of(source: Any) -> StreamingIUA:
-    if isinstance(source, StreamingIUA):
-        return source
-    engine = getattr(source, "engine", None)
-    if isinstance(engine, StreamingIUA):
-        return engine
-    raise TypeError(
-        f"Dashboard needs a StreamingIUA or an IUA (with .engine), got {type(source).__name__}."
-    )
-
-
-class Dashboard(widgets.VBox):
+class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
     """Live, linked view of an IUA engine; displays itself in a notebook.
 
     Parameters
@@ -106,14 +81,26 @@ class Dashboard(widgets.VBox):
     source
         A :class:`~iua_widgets.StreamingIUA` or an :class:`~iua_widgets.IUA`.
     layer
-        Layer selected first; the first layer to arrive when ``None``.
+        Layer selected first; the first layer to arrive when ``None``. A name
+        the engine does not have raises ``ValueError``, unless the engine has
+        no layers yet: then the layer is selected when it arrives.
     atol
         Starting grid threshold; the engine's starting ``atol`` when ``None``.
         An ``atol`` off the grid raises ``ValueError`` naming its neighbours.
+    rtol
+        rtol shown and passed to the engine (it has no effect on the counts);
+        the engine's when ``None``.
     dead_alert
         Fraction of dead units (0 to 1) at or above which a layer is flagged.
+    sort_column, sort_ascending
+        Layer table column key the rows are sorted by, and the direction.
+    heatmap_mode, heatmap_channel
+        ``"mean"`` shows conv layers averaged over channels; ``"channel"``
+        with a channel index shows that channel.
     redraw_interval
         Minimum seconds between redraws caused by arriving batches (0.1: about 10 Hz).
+
+    ``Dashboard(source, **other.view_state())`` shows what ``other`` shows.
     """
 
     def __init__(
@@ -122,26 +109,52 @@ class Dashboard(widgets.VBox):
         *,
         layer: str | None = None,
         atol: float | None = None,
+        rtol: float | None = None,
         dead_alert: float = 0.10,
+        sort_column: str = "layer",
+        sort_ascending: bool = True,
+        heatmap_mode: str = "mean",
+        heatmap_channel: int | None = None,
         redraw_interval: float = 0.1,
     ) -> None:
-        self.engine = _engine_of(source)
-        engine = self.engine
-        start = engine.atol if atol is None else float(engine.grid[engine.threshold_index(atol)])
-        self._dead_alert = _check_fraction(dead_alert)
+        # Check every argument before any widget exists.
+        engine = engine_of(source)
+        view = check_view_state(
+            {
+                "layer": layer, "atol": atol, "rtol": rtol, "dead_alert": dead_alert,
+                "sort_column": sort_column, "sort_ascending": sort_ascending,
+                "heatmap_mode": heatmap_mode, "heatmap_channel": heatmap_channel,
+            }
+        )
+        start = engine.atol if view["atol"] is None else grid_atol(engine, view["atol"])
+        check_layer(engine, view["layer"])
+        if view["heatmap_mode"] == "channel":
+            check_channel(engine, view["layer"], view["heatmap_channel"])
+        redraw_interval = check_real("redraw_interval", redraw_interval)
+        if not redraw_interval >= 0:
+            raise ValueError(f"redraw_interval must be >= 0 seconds, got {redraw_interval!r}.")
+
+        self.engine = engine
+        self._dead_alert = view["dead_alert"]
         self._lock = threading.RLock()
         self._results_key: tuple | None = None
         self._results: dict[str, Result] = {}
         self._updating_options = False
-        self._requested_layer = layer
+        self._deferring_refresh = False
+        self._requested_layer = view["layer"]
+        self._requested_channel: int | None = view["heatmap_channel"]
         self.handle: StreamHandle | None = None
 
         self.errors = ErrorArea()
         self.layer_select = widgets.Dropdown(options=[], description="layer")
         self.layer_select.add_class("iua-layer-select")
-        self.thresholds = ThresholdControls(engine.grid, start, engine.rtol)
+        rtol_shown = engine.rtol if view["rtol"] is None else view["rtol"]
+        self.thresholds = ThresholdControls(engine.grid, start, rtol_shown)
         self.progress = ProgressControls()
-        self.table = SortableTable(LAYER_COLUMNS, row_key="layer", sort_column="layer")
+        self.table = SortableTable(
+            LAYER_COLUMNS, row_key="layer", sort_column=view["sort_column"],
+            sort_ascending=view["sort_ascending"],
+        )
         self.table.add_class("iua-layer-table")
         self.heatmap = UnitHeatmap()
         self.heatmap.figure.title = "Waiting for the first batch"
@@ -179,18 +192,22 @@ class Dashboard(widgets.VBox):
         buttons.resume_button.on_click(guarded(self.errors, "Resume", lambda _: self.resume()))
         buttons.cancel_button.on_click(guarded(self.errors, "Cancel", lambda _: self.cancel()))
         engine.observe(self._observer)
-        self.refresh()
+        try:
+            self.refresh()
+        except BaseException:
+            self.close()
+            raise
 
     # -- public state ------------------------------------------------------
 
     @property
     def atol(self) -> float:
-        """Current grid threshold; setting an off-grid value raises ``ValueError``."""
+        """Current grid threshold; setting a non-number or an off-grid value raises."""
         return self.thresholds.atol
 
     @atol.setter
     def atol(self, value: float) -> None:
-        self.thresholds.slider.value = float(self.engine.grid[grid_index(self.engine.grid, value)])
+        self.thresholds.slider.value = grid_atol(self.engine, value)
 
     @property
     def layer(self) -> str | None:
@@ -211,13 +228,13 @@ class Dashboard(widgets.VBox):
 
     @dead_alert.setter
     def dead_alert(self, value: float) -> None:
-        self._dead_alert = _check_fraction(value)
+        self._dead_alert = check_fraction("dead_alert", value)
         self.refresh()
 
     def results(self) -> dict[str, Result]:
         """Results of every layer at the current ``atol`` and ``rtol``, from the cache."""
         with self._lock:
-            key = (self.atol, self.thresholds.rtol, self.engine.batches_seen)
+            key = (id(self.engine), self.atol, self.thresholds.rtol, self.engine.batches_seen)
             if key != self._results_key:
                 self._results = self.engine.results_at(atol=self.atol, rtol=self.thresholds.rtol)
                 self._results_key = key
@@ -230,7 +247,7 @@ class Dashboard(widgets.VBox):
         with self._lock:
             results = self.results()
             self._sync_layer_options(list(results))
-            rows, flagged, notes = self._layer_rows(results)
+            rows, flagged, notes = layer_rows(results, self._dead_alert)
             with contextlib.ExitStack() as stack:
                 for widget in (self.table, self.progress.bar, self.progress.label):
                     stack.enter_context(widget.hold_sync())
@@ -247,26 +264,6 @@ class Dashboard(widgets.VBox):
         except Exception as error:  # noqa: BLE001 - timer threads must not die silently
             logger.exception("Dashboard redraw failed")
             self.errors.report(f"Dashboard redraw failed: {type(error).__name__}: {error}")
-
-    def _layer_rows(self, results: dict[str, Result]) -> tuple[list[dict], list[str], dict]:
-        rows, flagged, notes = [], [], {}
-        for name, result in results.items():
-            frame_row = layer_row(name, result)
-            rows.append({_ROW_KEYS[k]: v for k, v in frame_row.items()})
-            reasons = []
-            if result.units and result.dead_fraction >= self._dead_alert:
-                reasons.append(
-                    f"{100 * result.dead_fraction:.1f} % dead units "
-                    f"(alert at {100 * self._dead_alert:g} %)"
-                )
-            if result.nonfinite:
-                reasons.append(
-                    f"{result.nonfinite} nonfinite values (NaN or inf), counted as active"
-                )
-            if reasons:
-                flagged.append(name)
-                notes[name] = "; ".join(reasons)
-        return rows, flagged, notes
 
     def _sync_layer_options(self, names: list[str]) -> None:
         if list(self.layer_select.options) == names:
@@ -289,14 +286,9 @@ class Dashboard(widgets.VBox):
         if name is None or name not in results:
             return
         self.heatmap.show(name, results[name])
+        if self._requested_channel is not None and channel_count(results[name].unit_shape):
+            self._select_channel(self._requested_channel)
         self.drilldown.show(name, results[name])
-
-    def _show_progress(self) -> None:
-        state = self.handle.state if self.handle is not None else "idle"
-        self.progress.show(
-            self.engine.inputs_seen, self.engine.expected_inputs,
-            self.engine.inputs_per_second, state,
-        )
 
     # -- observers -------------------------------------------------------------
 
@@ -318,76 +310,9 @@ class Dashboard(widgets.VBox):
             self.layer_select.value = name
 
     def _on_threshold(self, change: dict) -> None:
+        if self._deferring_refresh or self.thresholds.replacing_grid:
+            return
         self.refresh()
-
-    # -- streaming ---------------------------------------------------------------
-
-    def stream(
-        self, producer: Any, *, batch_size: int = 32, total: int | None = None,
-        background: bool = True,
-    ) -> StreamHandle:
-        """Feed ``producer`` into the engine, by default from a background thread.
-
-        ``total`` is the number of inputs expected, and it drives the progress
-        bar. When ``None`` it comes from the producer if known in advance (the
-        arrays of a mapping, a PyTorch capture over a sized loader). With
-        ``background=True`` the call returns at once and the controls stay
-        usable (ipykernel >= 7.1 handles widget messages from threads); use
-        :meth:`wait` or the returned handle's ``join`` to block. An error in
-        the producer appears in the error area; the statistics gathered
-        before it stay usable.
-
-        Raises
-        ------
-        RuntimeError
-            When a previous stream of this dashboard is still running.
-        """
-        if self.handle is not None and not self.handle.done:
-            raise RuntimeError(
-                "A stream is still running; call cancel() and wait() before starting another."
-            )
-        expected = stream_total(producer, total)
-        if expected is not None:
-            self.engine.expected_inputs = self.engine.inputs_seen + expected
-        self.handle = StreamHandle(
-            self.engine, producer, batch_size=batch_size,
-            on_change=guarded(self.errors, "Stream state change", self._on_stream_change),
-        )
-        with self._lock:
-            self._show_progress()  # enables the pause and cancel buttons before the first batch
-        self.handle.start(background=background)
-        return self.handle
-
-    def _on_stream_change(self, handle: StreamHandle) -> None:
-        if handle.error_message and not handle.error_reported:
-            handle.error_reported = True
-            self.errors.report(handle.error_message)
-        if handle.state in END_STATES:
-            self.throttle.flush()
-        else:
-            with self._lock:
-                self._show_progress()
-
-    def pause(self) -> None:
-        """Pause the running stream after its current batch."""
-        if self.handle is not None:
-            self.handle.pause()
-
-    def resume(self) -> None:
-        """Resume a paused stream."""
-        if self.handle is not None:
-            self.handle.resume()
-
-    def cancel(self) -> None:
-        """Stop the stream after its current batch; applied batches are kept."""
-        if self.handle is not None:
-            self.handle.cancel()
-
-    def wait(self, timeout: float | None = None) -> StreamHandle | None:
-        """Block until the current stream ends (or ``timeout`` seconds pass); return its handle."""
-        if self.handle is not None:
-            self.handle.join(timeout)
-        return self.handle
 
     # -- export ------------------------------------------------------------------
 
@@ -400,34 +325,38 @@ class Dashboard(widgets.VBox):
         with self._lock:
             rows = self.table.sorted_rows()
             flagged = set(self.table.flagged)
-        keys = [c["key"] for c in LAYER_COLUMNS]
-        frame = pd.DataFrame(
-            [[row[k] for k in keys] + [row["layer"] in flagged] for row in rows],
-            columns=[FRAME_NAMES[k] for k in keys] + ["flagged"],
-        )
-        frame.attrs.update(atol=self.atol, rtol=self.thresholds.rtol, dead_alert=self._dead_alert)
-        return frame
+            settings = {
+                "atol": self.atol, "rtol": self.thresholds.rtol, "dead_alert": self._dead_alert,
+            }
+        return rows_frame(rows, flagged, settings)
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`table_frame` to ``path`` as CSV and return the path."""
-        path = Path(path)
-        self.table_frame().to_csv(path, index=False)
-        return path
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`table_frame` to ``path`` as CSV and return the path.
 
-    def save_heatmap_png(self, path: str | Path, *, size: int = 512) -> Path:
+        The columns of :meth:`table_frame` come first, then ``atol``,
+        ``rtol`` and ``dead_alert``, the same on every row, so
+        ``pandas.read_csv(path)`` gets the threshold with the numbers.
+        ``iua_widgets.widgets.layer_table.read_table_csv`` reads the file
+        back into the table frame, with the settings in ``frame.attrs``.
+        """
+        return write_table_csv(self.table_frame(), path)
+
+    def save_heatmap_png(self, path: str | os.PathLike[str], *, size: int = 512) -> Path:
         """Write the current heatmap to ``path`` as PNG and return the path.
 
         The image is the heatmap's cell array (after the downsampling rule in
-        the title) in the same colour map as the figure, each cell a square
-        of pixels so the longer side is about ``size`` pixels, without axes
-        or legend. It is written with numpy and ``zlib``, not with bqplot's
-        ``Figure.save_png``, which needs a browser front end and saves to the
-        browser's downloads.
+        the title) in the same colour map as the figure, without axes or
+        legend. Each cell is a square of pixels, so the longer side is about
+        ``size`` pixels. A cell gets at least one pixel, so a ``size`` below
+        the cell count (at most 256) gives one pixel per cell. It is written
+        with numpy and ``zlib``, not with bqplot's ``Figure.save_png``, which
+        needs a browser front end and saves to the browser's downloads.
 
         Raises
         ------
         ValueError
-            When no layer is shown yet.
+            When no layer is shown yet, or ``size`` is not an int from 1 to
+            ``iua_widgets.widgets.png.MAX_PNG_SIZE`` (8192).
         """
         grid = self.heatmap.grid
         if grid is None:
@@ -435,18 +364,19 @@ class Dashboard(widgets.VBox):
         return write_png(path, upscale(to_rgb(grid.values), size))
 
     def close(self) -> None:
-        """Stop observing the engine, cancel a running stream and close the widgets."""
-        self.engine.unobserve(self._observer)
-        self.cancel()
-        for widget in (
-            self.layer_select, self.thresholds, self.progress, self.table, self.heatmap,
-            self.drilldown, self.errors,
-        ):
-            widget.close()
+        """Stop observing the engine, cancel a running stream and close the widgets.
 
-
-def _check_fraction(value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"dead_alert must be a fraction between 0 and 1, got {value!r}.")
-    return value
+        Also runs on a dashboard whose constructor failed part way (ipywidgets
+        calls ``close`` from ``__del__``), so every attribute may be missing.
+        """
+        engine = getattr(self, "engine", None)
+        observer = getattr(self, "_observer", None)
+        if engine is not None and observer is not None:
+            engine.unobserve(observer)
+        if getattr(self, "handle", None) is not None:
+            self.handle.cancel()
+        for name in _PARTS:
+            widget = getattr(self, name, None)
+            if widget is not None:
+                widget.close()
+        super().close()
