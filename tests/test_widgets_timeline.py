@@ -139,8 +139,14 @@ def test_training_dashboard_follows_latest_snapshot(monkeypatch):
     tracker = digits_tracker(model, every=10)
     view = TrainingDashboard(tracker, redraw_interval=0.0, dashboard_interval=0.0)
     assert view.dashboard is None
+    shown = []  # (dashboard, its engine) after each snapshot
+    tracker.observe(lambda tracker: shown.append((view.dashboard, view.dashboard.engine)))
     train_digits_mlp(model, lr=HIGH_LR, epochs=1, tracker=tracker)
     assert view.dashboard.engine is tracker.latest
+    # One dashboard switches from snapshot to snapshot instead of being rebuilt.
+    assert all(dashboard is view.dashboard for dashboard, _ in shown)
+    engines = {id(engine) for _, engine in shown}
+    assert len(engines) == len(tracker.snapshots)
     frame = view.dashboard.table_frame().set_index("layer")
     last = tracker.timeline().groupby("layer").tail(1).set_index("layer")
     for layer in HIDDEN_LAYERS:

@@ -20,10 +20,11 @@ class TrainingDashboard(widgets.VBox):
     """A :class:`TrainingTimeline` and a :class:`Dashboard` of the latest snapshot.
 
     The layer selectors and atol sliders of both are linked. Each snapshot
-    has its own analysis, so the dashboard below is rebuilt for the latest
-    one. That happens at most once per ``dashboard_interval`` seconds while
-    training runs, and always when tracking stops. The timeline redraws at
-    about 10 Hz.
+    has its own analysis, so the dashboard below switches to the latest one
+    (:meth:`Dashboard.set_source`, which keeps its layer, threshold, sort and
+    heatmap channel). That happens at most once per ``dashboard_interval``
+    seconds while training runs, and always when tracking stops. The
+    timeline redraws at about 10 Hz.
 
     Parameters
     ----------
@@ -34,7 +35,7 @@ class TrainingDashboard(widgets.VBox):
     redraw_interval
         Minimum seconds between timeline redraws.
     dashboard_interval
-        Minimum seconds between two rebuilds of the dashboard.
+        Minimum seconds between two switches of the dashboard to a newer snapshot.
     """
 
     def __init__(
@@ -57,8 +58,8 @@ class TrainingDashboard(widgets.VBox):
         super().__init__(children=[self.timeline, self._placeholder])
         self.add_class("iua-training-dashboard")
         errors = self.timeline.errors
-        self.throttle = Throttle(self._rebuild_from_tracker, dashboard_interval)
-        self._observer = guarded(errors, "Dashboard rebuild", self._on_snapshot)
+        self.throttle = Throttle(self._show_latest_from_tracker, dashboard_interval)
+        self._observer = guarded(errors, "Dashboard switch", self._on_snapshot)
         self.timeline.layer_select.observe(
             guarded(errors, "Layer link", self._on_timeline_layer), names="value"
         )
@@ -69,7 +70,7 @@ class TrainingDashboard(widgets.VBox):
         self.show_latest()
 
     def show_latest(self) -> None:
-        """Rebuild the dashboard for the latest snapshot, unless it already shows it."""
+        """Show the latest snapshot in the dashboard, unless it already shows it."""
         with self._lock:
             snapshots = list(self.tracker.snapshots)
             if not snapshots or snapshots[-1] is self._shown_snapshot:
@@ -77,28 +78,32 @@ class TrainingDashboard(widgets.VBox):
             latest = snapshots[-1]
             if latest.engine is None:
                 return
-            old = self.dashboard
-            dashboard = Dashboard(latest.engine, layer=self.timeline.layer, atol=self.timeline.atol)
-            dashboard.layer_select.observe(
-                guarded(self.timeline.errors, "Layer link", self._on_dashboard_layer),
-                names="value",
-            )
-            dashboard.thresholds.slider.observe(
-                guarded(self.timeline.errors, "Threshold link", self._on_dashboard_atol),
-                names="value",
-            )
-            self.dashboard = dashboard
+            if self.dashboard is None:
+                self.dashboard = self._build_dashboard(latest.engine)
+                self.children = [self.timeline, self.dashboard]
+            else:
+                self.dashboard.set_source(latest.engine)
             self._shown_snapshot = latest
-            self.children = [self.timeline, dashboard]
-            if old is not None:
-                old.close()
 
-    def _rebuild_from_tracker(self) -> None:
+    def _build_dashboard(self, engine: Any) -> Dashboard:
+        dashboard = Dashboard(engine, layer=self.timeline.layer, atol=self.timeline.atol)
+        errors = self.timeline.errors
+        dashboard.layer_select.observe(
+            guarded(errors, "Layer link", self._on_dashboard_layer), names="value"
+        )
+        dashboard.thresholds.slider.observe(
+            guarded(errors, "Threshold link", self._on_dashboard_atol), names="value"
+        )
+        return dashboard
+
+    def _show_latest_from_tracker(self) -> None:
         try:
             self.show_latest()
         except Exception as error:  # noqa: BLE001 - timer threads must not die silently
-            logger.exception("Dashboard rebuild failed")
-            self.timeline.errors.report(f"Dashboard rebuild failed: {type(error).__name__}: {error}")
+            logger.exception("Dashboard switch to the latest snapshot failed")
+            self.timeline.errors.report(
+                f"Dashboard switch to the latest snapshot failed: {type(error).__name__}: {error}"
+            )
 
     def _on_snapshot(self, tracker: Any) -> None:
         self.throttle.request()
@@ -122,6 +127,8 @@ class TrainingDashboard(widgets.VBox):
                 self.timeline.layer = name
 
     def _on_dashboard_atol(self, change: dict) -> None:
+        if self.dashboard is None or self.dashboard.thresholds.replacing_grid:
+            return
         if self.timeline.atol != change["new"]:
             self.timeline.atol = change["new"]
 
