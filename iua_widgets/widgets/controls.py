@@ -32,8 +32,8 @@ def check_real(name: str, value: object) -> float:
     """
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"{name} must be a real number such as 1e-08, got {value!r} "
-            f"({type(value).__name__}); pass float(value) to convert text."
+            f"{name} must be a real number (int or float), got {value!r} "
+            f"({type(value).__name__}); convert text with float(value)."
         )
     return float(value)
 
