@@ -279,3 +279,13 @@ def test_large_integers_compare_exactly(atol):
     engine.update({"a": values})
     want = np.abs(values.astype(np.float64)) <= atol
     np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, want[0].astype(int))
+
+
+def test_expected_inputs_follow_each_consume():
+    engine = StreamingIUA()
+    engine.consume({"a": np.zeros((4, 2))})
+    assert engine.expected_inputs == 4
+    engine.consume({"a": np.zeros((6, 2))})
+    assert engine.expected_inputs == 10
+    engine.consume(iter([{"a": np.zeros((1, 2))}]))
+    assert engine.expected_inputs is None

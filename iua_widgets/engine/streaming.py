@@ -319,8 +319,10 @@ class StreamingIUA:
 
         batches = iter_batches(producer, batch_size=batch_size)
         expected = expected_inputs(producer)
-        if expected is not None and self.expected_inputs is None:
+        if expected is not None:
             self.expected_inputs = self.inputs_seen + expected
+        elif self.expected_inputs is not None and self.expected_inputs <= self.inputs_seen:
+            self.expected_inputs = None  # the total of an earlier, finished producer
         index = 0
         while True:
             try:
