@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -51,3 +54,46 @@ class Result:
     atol: float
     rtol: float
     unit_shape: tuple[int, ...] = ()
+
+
+def layer_result(layer: Any, grid: np.ndarray, index: int, rtol: float) -> Result:
+    """Build the ``Result`` of one layer's cache at grid threshold ``index``."""
+    counts = layer.unit_counts_at(index)
+    inputs = layer.inputs
+    inactive = layer.inactive_at(index)
+    if inactive is not None and len(inactive):
+        # Same numpy reductions as DNIKit, so the floats match bit for bit.
+        mean = float(np.mean(inactive))
+        std = float(np.std(inactive))
+    else:
+        mean, std = mean_std_from_sums(
+            layer.count_sums[index], layer.count_square_sums[index], inputs
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proportion = counts / inputs if inputs else np.full(counts.shape, np.nan)
+    dead = int(np.count_nonzero(counts == inputs)) if inputs else 0
+    units = layer.units
+    return Result(
+        mean_inactive=mean,
+        std_inactive=std,
+        inactive=inactive,
+        unit_inactive_count=counts,
+        unit_inactive_proportion=proportion,
+        units=units,
+        inputs=inputs,
+        dead_units=dead,
+        dead_fraction=dead / units if units else math.nan,
+        mean_inactive_fraction=mean / units if units else math.nan,
+        nonfinite=layer.nonfinite,
+        atol=float(grid[index]),
+        rtol=rtol,
+        unit_shape=layer.unit_shape,
+    )
+
+
+def mean_std_from_sums(total: int, square_total: int, inputs: int) -> tuple[float, float]:
+    """Mean and population standard deviation from exact integer sums."""
+    if inputs == 0:
+        return math.nan, math.nan
+    variance = Fraction(inputs * square_total - total * total, inputs * inputs)
+    return total / inputs, math.sqrt(float(variance))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -24,7 +22,7 @@ from .layer import (
     check_dtype,
     detail_dtype,
 )
-from .result import Result
+from .result import Result, layer_result
 from .torch_stats import TorchLayerStats, as_device_units, import_torch
 
 logger = logging.getLogger(__name__)
@@ -408,7 +406,7 @@ class StreamingIUA:
         index = self.threshold_index(atol, snap=snap)
         with self._lock:
             return {
-                name: self._layer_result(layer, index, rtol)
+                name: layer_result(layer, self.grid, index, rtol)
                 for name, layer in self._layers.items()
             }
 
@@ -418,40 +416,7 @@ class StreamingIUA:
         with self._lock:
             if name not in self._layers:
                 raise KeyError(f"No response named {name!r}; known: {list(self._layers)}.")
-            return self._layer_result(self._layers[name], index, self.rtol)
-
-    def _layer_result(self, layer: LayerStats, index: int, rtol: float) -> Result:
-        counts = layer.unit_counts_at(index)
-        inputs = layer.inputs
-        inactive = layer.inactive_at(index)
-        if inactive is not None and len(inactive):
-            # Same numpy reductions as DNIKit, so the floats match bit for bit.
-            mean = float(np.mean(inactive))
-            std = float(np.std(inactive))
-        else:
-            mean, std = _mean_std_from_sums(
-                layer.count_sums[index], layer.count_square_sums[index], inputs
-            )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            proportion = counts / inputs if inputs else np.full(counts.shape, np.nan)
-        dead = int(np.count_nonzero(counts == inputs)) if inputs else 0
-        units = layer.units
-        return Result(
-            mean_inactive=mean,
-            std_inactive=std,
-            inactive=inactive,
-            unit_inactive_count=counts,
-            unit_inactive_proportion=proportion,
-            units=units,
-            inputs=inputs,
-            dead_units=dead,
-            dead_fraction=dead / units if units else math.nan,
-            mean_inactive_fraction=mean / units if units else math.nan,
-            nonfinite=layer.nonfinite,
-            atol=float(self.grid[index]),
-            rtol=rtol,
-            unit_shape=layer.unit_shape,
-        )
+            return layer_result(self._layers[name], self.grid, index, self.rtol)
 
     def layer_stats(self, name: str) -> LayerStats:
         """Return the cache of one layer, for reading only."""
@@ -490,11 +455,3 @@ class StreamingIUA:
         from .merge import merge_engines
 
         return merge_engines([self, *others])
-
-
-def _mean_std_from_sums(total: int, square_total: int, inputs: int) -> tuple[float, float]:
-    """Mean and population standard deviation from exact integer sums."""
-    if inputs == 0:
-        return math.nan, math.nan
-    variance = Fraction(inputs * square_total - total * total, inputs * inputs)
-    return total / inputs, math.sqrt(float(variance))

@@ -9,7 +9,6 @@ from typing import Any, Final
 
 from ..engine import Result, StreamingIUA
 from ..engine.streaming import DEFAULT_MAX_CACHE_BYTES
-from ..sources import iter_batches
 from .table import results_frame
 
 logger = logging.getLogger(__name__)
