@@ -11,6 +11,7 @@ import importlib.util
 import re
 import time
 
+import numpy as np
 import pytest
 
 from .dashboard_notebooks import (
@@ -204,6 +205,20 @@ def test_dashboard_links_controls(server, notebook_dir, page):
     )
     unit_rows = stable_table(dashboard.locator(".iua-unit-table"))
     assert sum(row["cells"]["dead"] == "yes" for row in unit_rows) == dead_units
+
+    # Hovering a heatmap cell names its unit and inactive proportion. The 64
+    # units of "sparse" are drawn in rows of 8, unit 0 top left, 63 bottom right.
+    image = dashboard.locator(".iua-heatmap image.heatmap")
+    hover = dashboard.locator(".iua-heatmap-hover")
+    box = image.bounding_box()
+    inactive = np.isclose(layers["sparse"], 0.0, rtol=1e-5, atol=dragged_atol).mean(axis=0)
+    for unit, (row, col) in ((0, (0, 0)), (63, (7, 7))):
+        page.mouse.move(
+            box["x"] + (col + 0.5) * box["width"] / 8, box["y"] + (row + 0.5) * box["height"] / 8
+        )
+        expect(hover).to_have_text(
+            f"unit ({unit},): inactive proportion {inactive[unit]:.4g}", timeout=ROUND_TRIP_MS
+        )
 
     # Choosing the HTML-like layer in the selector selects its row and titles the heatmap literally.
     select.select_option(value=xss_layer)
