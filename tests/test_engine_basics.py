@@ -289,3 +289,32 @@ def test_expected_inputs_follow_each_consume():
     assert engine.expected_inputs == 10
     engine.consume(iter([{"a": np.zeros((1, 2))}]))
     assert engine.expected_inputs is None
+
+
+def test_coarse_grid_is_exact_and_smaller():
+    rng = np.random.default_rng(3)
+    data = {"a": np.maximum(rng.standard_normal((40, 30)), 0) * rng.choice([1e-9, 1e-5, 1.0], (40, 30))}
+    coarse = IUA.introspect(data, grid=[1e-8, 1e-6, 1e-4, 1e-2])
+    assert list(coarse.engine.grid) == [0.0, 1e-8, 1e-6, 1e-4, 1e-2]
+    assert coarse.engine.nbytes() < IUA.introspect(data).engine.nbytes()
+    for atol in coarse.engine.grid:
+        want = np.isclose(data["a"], 0, rtol=1e-5, atol=atol).sum(axis=0)
+        got = coarse.results_at(atol=float(atol))["a"].unit_inactive_count
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="0.0001 and 0.01"):
+        coarse.results_at(atol=1e-3)
+
+
+def test_grid_with_adjacent_thresholds_uses_search_kernel():
+    close = np.nextafter(1e-8, 1.0)
+    values = np.array([[1e-8, close, np.nextafter(close, 1.0), 0.0, np.nan]])
+    engine = StreamingIUA(grid=[1e-8, close])
+    engine.update({"a": values})
+    for atol in engine.grid:
+        want = np.isclose(values, 0, rtol=1e-5, atol=atol)[0].astype(int)
+        np.testing.assert_array_equal(engine.results_at(atol=float(atol))["a"].unit_inactive_count, want)
+
+
+def test_grid_size_is_limited():
+    with pytest.raises(ValueError, match="at most"):
+        StreamingIUA(grid=np.logspace(-12, 2, 300))

@@ -351,3 +351,15 @@ def test_save_through_symlink_keeps_link(tmp_path):
     np.testing.assert_array_equal(
         loaded.results["a"].unit_inactive_count, iua.results["a"].unit_inactive_count
     )
+
+
+def test_custom_grid_round_trip(tmp_path):
+    data = {"a": np.maximum(np.random.default_rng(1).standard_normal((20, 8)), 0)}
+    iua = IUA.introspect(data, grid=[1e-6, 0.5])
+    loaded = IUA.load(iua.save(tmp_path / "coarse.npz"))
+    np.testing.assert_array_equal(loaded.engine.grid, iua.engine.grid)
+    for atol in iua.engine.grid:
+        np.testing.assert_array_equal(
+            loaded.results_at(atol=float(atol))["a"].unit_inactive_count,
+            iua.results_at(atol=float(atol))["a"].unit_inactive_count,
+        )

@@ -91,3 +91,23 @@ def native_thresholds(grid: np.ndarray, dtype: np.dtype) -> np.ndarray:
     too_large = native.astype(np.float64) > grid
     native[too_large] = np.nextafter(native[too_large], dtype.type(-np.inf))
     return native
+
+
+#: Most thresholds a grid may hold; bins are numbered in one byte by the kernel.
+MAX_GRID_SIZE = 250
+
+
+def custom_grid(thresholds, atol: float) -> np.ndarray:
+    """Build a sorted float64 grid from user ``thresholds``, plus 0 and ``atol``.
+
+    A coarser grid than the default (say one threshold per decade) shrinks the
+    cache in proportion; results are exact at its values only.
+    """
+    values = {0.0, validate_tolerance("atol", atol)}
+    for value in thresholds:
+        values.add(validate_tolerance("grid threshold", value))
+    if len(values) > MAX_GRID_SIZE:
+        raise ValueError(
+            f"A threshold grid may hold at most {MAX_GRID_SIZE} values, got {len(values)}."
+        )
+    return np.array(sorted(values), dtype=np.float64)

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from .atomic import deferred_interrupt
-from .grid import grid_index, native_thresholds, threshold_grid, validate_tolerance
+from .grid import (
+    custom_grid,
+    grid_index,
+    native_thresholds,
+    threshold_grid,
+    validate_tolerance,
+)
 from .layer import (
     PER_INPUT_POLICIES,
     UNITS,
@@ -74,6 +80,11 @@ class StreamingIUA:
         device (``"cuda"``, ``"cpu"``, a ``torch.device``) keeps it on that
         device and bins every batch there with torch operations, so responses
         captured on a GPU are never copied to the host. Results are the same.
+    grid
+        Thresholds at which results are cached (0 and ``atol`` are always
+        added). ``None`` uses 0 and the 1-2-5 steps of every decade from
+        1e-12 to 1e2; a coarser grid, such as one value per decade, needs
+        proportionally less memory.
 
     Thread safety: ``update`` and every read take one lock, so a dashboard may
     read while another thread feeds batches.
@@ -89,6 +100,7 @@ class StreamingIUA:
         per_input: str = "grid",
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         torch_device: Any = None,
+        grid: Any = None,
     ) -> None:
         self.rtol = validate_tolerance("rtol", rtol)
         self.atol = validate_tolerance("atol", atol)
@@ -109,7 +121,7 @@ class StreamingIUA:
         self.torch_device = torch_device
         if torch_device is not None:
             import_torch()
-        self.grid = threshold_grid(self.atol)
+        self.grid = threshold_grid(self.atol) if grid is None else custom_grid(grid, self.atol)
         self.start_index = grid_index(self.grid, self.atol)
         self._thresholds = {
             np.dtype(np.float32): native_thresholds(self.grid, np.float32),
@@ -307,7 +319,8 @@ class StreamingIUA:
             f"The analysis would need {(current + added_bytes) / 2**30:.2f} GiB "
             f"(now {current / 2**30:.2f} GiB; new layers {sorted(new_layers)}), above "
             f"max_cache_bytes={self.max_cache_bytes / 2**30:.2f} GiB. Use unit='channel', "
-            "analyse fewer layers, keep less per-input detail (per_input='start' or "
+            "analyse fewer layers, use a coarser grid (grid=[1e-8, 1e-6, 1e-4]), "
+            "keep less per-input detail (per_input='start' or "
             "'none'), or raise max_cache_bytes. Nothing of this batch was applied."
         )
 

@@ -47,6 +47,7 @@ class IUA:
         per_input: str = "grid",
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         torch_device: Any = None,
+        grid: Any = None,
         progress: bool | None = None,
     ) -> IUA:
         """Count inactive units of every response of ``producer``.
@@ -61,7 +62,7 @@ class IUA:
             Inputs per batch requested from a producer or mapping.
         rtol, atol
             Tolerances of ``numpy.isclose(x, 0)``; only ``atol`` matters against zero.
-        unit, channel_axis, per_input, max_cache_bytes, torch_device
+        unit, channel_axis, per_input, max_cache_bytes, torch_device, grid
             See :class:`StreamingIUA`.
         progress
             Show a progress bar widget while batches arrive. ``None`` (default)
@@ -74,7 +75,7 @@ class IUA:
         """
         engine = StreamingIUA(
             rtol=rtol, atol=atol, unit=unit, channel_axis=channel_axis, per_input=per_input,
-            max_cache_bytes=max_cache_bytes, torch_device=torch_device,
+            max_cache_bytes=max_cache_bytes, torch_device=torch_device, grid=grid,
         )
         bar = None
         if progress or progress is None and _in_notebook_kernel():
