@@ -10,9 +10,22 @@ import pytest
 
 from iua_widgets import IUA, StreamingIUA
 from iua_widgets.engine import Result
-from iua_widgets.widgets.heatmap import UnitHeatmap, cell_positions, heatmap_panel, mark_color
+from iua_widgets.widgets.heatmap import (
+    UnitHeatmap,
+    cell_positions,
+    heatmap_panel,
+    mark_color,
+    scale_limits,
+)
 from iua_widgets.widgets.heatmap_grid import (
-    COLORS, MAX_SIDE, MEAN_OVER_CHANNELS, ROW_UNITS, heatmap_grid, to_rgb,
+    COLORS,
+    MAX_SIDE,
+    MEAN_OVER_CHANNELS,
+    PADDING_COLOR,
+    ROW_UNITS,
+    grid_rgb,
+    heatmap_grid,
+    to_rgb,
 )
 from iua_widgets.widgets.png import MAX_PNG_SIZE, png_bytes, read_png, upscale
 
@@ -30,12 +43,23 @@ def loop_block_mean(plane: np.ndarray, block: int) -> np.ndarray:
     return out
 
 
+def loop_row_width(cells: int) -> int:
+    """Row width by search: the narrowest full-row width whose grid is at most twice as wide as high."""
+    if cells <= ROW_UNITS:
+        return cells
+    for width in range(1, MAX_SIDE + 1):
+        rows = cells // width
+        if cells % width == 0 and rows <= width <= 2 * rows:
+            return width
+    return math.ceil(math.sqrt(cells))
+
+
 def loop_flat_grid(flat: np.ndarray) -> np.ndarray:
-    """The flat rule written out: runs of k units, rows of ceil(sqrt(cells)), zero padding."""
+    """The flat rule written out: runs of k units, full rows when possible, zero padding."""
     units = flat.size
     k = max(1, math.ceil(units / MAX_SIDE**2))
     cells = [flat[i : i + k].mean() for i in range(0, units, k)]
-    width = len(cells) if len(cells) <= ROW_UNITS else math.ceil(math.sqrt(len(cells)))
+    width = loop_row_width(len(cells))
     rows = math.ceil(len(cells) / width)
     padded = cells + [0.0] * (rows * width - len(cells))
     return np.array(padded).reshape(rows, width)
@@ -110,9 +134,11 @@ def test_hover_names_unit_in_layer_shape():
     assert heatmap_grid(np.array(0.5)).describe_cell(0, 0) == "unit (): inactive proportion 0.5"
     big = heatmap_grid(np.zeros((600, 600)))
     assert big.describe_cell(0, 1).startswith("units (0:3, 3:6)")
-    padded = heatmap_grid(np.zeros(40))  # 40 cells in rows of 7: two padding cells
-    assert padded.describe_cell(5, 6) == "padding cell (no unit)"
-    assert "2 padding cells = 0" in padded.rule
+    padded = heatmap_grid(np.zeros(47))  # 47 (a prime) cells in rows of 7: two padding cells
+    assert padded.describe_cell(6, 4) == "unit (46,): inactive proportion 0"
+    assert padded.describe_cell(6, 5) == "padding cell (no unit)"
+    assert padded.describe_cell(6, 6) == "padding cell (no unit)"
+    assert "2 padding cells in grey" in padded.rule
 
 
 def test_single_row_is_doubled_for_bqplot():
@@ -185,11 +211,14 @@ def test_channel_selector_shows_one_channel():
     view = UnitHeatmap("conv", result)
     assert view.channel_select.layout.display is None
     assert len(view.channel_select.options) == 4
+    assert [label for label, _ in view.channel_select.options] == [
+        "mean over channels", "channel 0", "channel 1", "channel 2",
+    ]
     view.channel_select.value = 2
     np.testing.assert_allclose(
         view.grid.values, result.unit_inactive_proportion[2].astype(np.float32)
     )
-    assert "channel (2)" in view.figure.title
+    assert "channel 2, 1 unit per cell" in view.figure.title
     view.probe.hover_cell = [1, 2]
     assert view.probe.text.startswith("unit (2, 1, 2): inactive proportion")
     view.probe.hover_cell = []
@@ -226,12 +255,13 @@ def test_channel_units_grid_of_channels():
     engine.update({"conv": conv})
     result = engine.results["conv"]
     view = UnitHeatmap("conv", result)
-    # 40 channels in rows of ceil(sqrt(40)) = 7, the last row padded.
-    assert view.grid.values.shape == (6, 7)
-    np.testing.assert_allclose(view.grid.values.reshape(-1)[:40], result.unit_inactive_proportion)
+    # 40 channels in 5 full rows of 8: 8 divides 40 and lies in [ceil(sqrt(40)), sqrt(80)].
+    assert view.grid.values.shape == (5, 8)
+    np.testing.assert_allclose(view.grid.values.reshape(-1), result.unit_inactive_proportion)
     assert view.channel_select.layout.display == "none"
-    assert view.figure.title == "conv · 40 units · rows of 7, 1 unit per cell, 2 padding cells = 0"
-    view.probe.hover_cell = [1, 0]
+    assert view.figure.title == "conv · 40 units · rows of 8, 1 unit per cell"
+    assert view.padding_mark.visible is False
+    view.probe.hover_cell = [0, 7]
     assert view.probe.text == "unit (7,): inactive proportion 1"
 
 
@@ -247,3 +277,94 @@ def test_upscale_size_limits():
     np.testing.assert_array_equal(upscale(rgb, 1), rgb)
     assert upscale(rgb, MAX_PNG_SIZE).shape == (8190, 5460, 3)
     assert upscale(rgb, np.int32(7)).shape == (6, 4, 3)
+
+
+@pytest.mark.parametrize("cells", [33, 40, 64, 100, 127, 128, 1000, 4099, 65_535, 65_536])
+def test_row_width_fills_rows_when_possible(cells):
+    grid = heatmap_grid(np.zeros(cells))
+    rows, width = grid.values.shape
+    assert width == loop_row_width(cells)
+    assert grid.padding == rows * width - cells
+    has_full_layout = any(
+        cells % w == 0 and cells // w <= w <= 2 * (cells // w) for w in range(1, MAX_SIDE + 1)
+    )
+    assert (grid.padding == 0) == has_full_layout
+
+
+def test_128_units_have_no_padding():
+    # Rows of ceil(sqrt(128)) = 12 would leave 4 padding cells; rows of 16 leave none.
+    grid = heatmap_grid(np.ones(128))
+    assert grid.values.shape == (8, 16)
+    assert grid.padding == 0
+    assert "padding" not in grid.rule
+
+
+def padded_result(units: int, dead: int) -> Result:
+    """A dense layer whose first ``dead`` units are inactive on all 4 inputs, the others never."""
+    values = np.ones((4, units))
+    values[:, :dead] = 0.0
+    return IUA.introspect({"fc": values}).results["fc"]
+
+
+def test_padding_cells_drawn_grey():
+    result = padded_result(127, 120)  # 127 is prime: rows of 12, 5 padding cells
+    view = UnitHeatmap("fc", result)
+    grid = view.grid
+    assert grid.values.shape == (11, 12)
+    assert grid.padding == 5
+    assert view.figure.title == "fc · 127 units · rows of 12, 1 unit per cell, 5 padding cells in grey"
+
+    # The grey mark covers exactly the last five cells of the last row.
+    assert view.padding_mark.visible is True
+    assert view.padding_mark.scales["x"] is view.x_scale
+    assert view.padding_mark.scales["y"] is view.y_scale
+    assert set(view.padding_scale.colors) == {PADDING_COLOR}
+    assert scale_limits(np.asarray(view.padding_mark.x)) == (6.5, 11.5)
+    assert scale_limits(np.asarray(view.padding_mark.y)) == (9.5, 10.5)
+    assert view.padding_mark.color.shape == (2, 5)
+    # Padding is not painted as "never inactive" (0) under the grey.
+    live = view.grid.values.reshape(-1)[120:127]
+    np.testing.assert_array_equal(live, np.zeros(7, dtype=np.float32))
+
+    view.probe.hover_cell = [10, 6]
+    assert view.probe.text == "unit (126,): inactive proportion 0"
+    view.probe.hover_cell = [10, 7]
+    assert view.probe.text == "padding cell (no unit)"
+
+    # The PNG export paints the same cells grey.
+    rgb = grid_rgb(grid)
+    grey = [int(PADDING_COLOR[i : i + 2], 16) for i in (1, 3, 5)]
+    for col in range(12):
+        expected = grey if col >= 7 else to_rgb(grid.values[10, col : col + 1])[0].tolist()
+        assert rgb[10, col].tolist() == expected, col
+
+    # A layer without padding hides the grey mark again.
+    view.show("fc", padded_result(128, 0))
+    assert view.padding_mark.visible is False
+    assert "padding" not in view.figure.title
+
+
+def test_single_padding_cell_positions():
+    view = UnitHeatmap("fc", padded_result(47 * 3 + 0, 0))  # 141 = 3 * 47: rows of 12, 3 padding
+    assert view.grid.padding == 3
+    view = UnitHeatmap("fc", padded_result(143, 0))  # 143 = 11 * 13: full rows of 13
+    assert view.grid.padding == 0
+    view = UnitHeatmap("fc", padded_result(131, 0))  # prime: rows of 12, 1 padding cell
+    assert view.grid.padding == 1
+    assert "1 padding cell in grey" in view.figure.title
+    assert scale_limits(np.asarray(view.padding_mark.x)) == (10.5, 11.5)
+    assert scale_limits(np.asarray(view.padding_mark.y)) == (9.5, 10.5)
+
+
+def test_conv_axes_named_and_toolbar_hidden():
+    iua = IUA.introspect(responses(), batch_size=8)
+    conv = UnitHeatmap("conv", iua.results["conv"])
+    assert conv.x_axis.label == "W (response axis 3)"
+    assert conv.y_axis.label == "H (response axis 2)"
+    plane = UnitHeatmap("plane", IUA.introspect({"plane": np.ones((2, 3, 4))}).results["plane"])
+    assert plane.x_axis.label == "response axis 2"
+    assert plane.y_axis.label == "response axis 1"
+    dense = UnitHeatmap("dense", iua.results["dense"])
+    assert dense.x_axis.label == "cell column"
+    # bqplot's toolbar would cover the title, which states the downsampling rule.
+    assert conv.figure.display_toolbar is False

@@ -18,7 +18,15 @@ import numpy as np
 import traitlets
 
 from ..engine import Result
-from .heatmap_grid import COLORS, MEAN_OVER_CHANNELS, HeatmapGrid, channel_count, heatmap_grid
+from .heatmap_grid import (
+    COLORS,
+    MEAN_OVER_CHANNELS,
+    PADDING_COLOR,
+    HeatmapGrid,
+    channel_count,
+    channel_label,
+    heatmap_grid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +89,30 @@ def mark_color(values: np.ndarray) -> np.ndarray:
 
 
 def units_text(shape: tuple[int, ...]) -> str:
-    """Describe a unit shape: ``64x32x32 units``, ``10 units``, ``1 unit`` for a 1-D response."""
+    """Describe a unit shape: ``64x32x32 units``, ``1,000,000 units``, ``1 unit`` (1-D response)."""
     if not shape:
         return "1 unit"
-    return "x".join(str(s) for s in shape) + " units"
+    return "x".join(f"{s:,}" for s in shape) + " units"
+
+
+def spatial_axis_labels(unit_shape: tuple[int, ...]) -> tuple[str, str]:
+    """Return the (x, y) axis labels of a ``"grid"`` layout, naming axes of the response array.
+
+    The response's axis 0 is the input axis. Unit shapes of three or more
+    axes are read as channels first (NCHW), so the last two are H and W.
+    """
+    rank = len(unit_shape)
+    if rank >= 3:
+        return f"W (response axis {rank})", f"H (response axis {rank - 1})"
+    return f"response axis {rank}", f"response axis {rank - 1}"
+
+
+def padding_positions(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Return the x and y centres of the padding cells, as :func:`cell_positions` gives them."""
+    rows, cols = grid.values.shape
+    x = cell_positions(grid.padding, 1) + (cols - grid.padding)
+    y = cell_positions(1, 1) + (rows - 1)
+    return x, y
 
 
 class UnitHeatmap(widgets.VBox):
@@ -105,6 +133,17 @@ class UnitHeatmap(widgets.VBox):
             color=np.zeros((2, 2), dtype=np.float32),
             scales={"x": self.x_scale, "y": self.y_scale, "color": self.color_scale},
         )
+        # bqplot 0.13.1's HeatMap paints null_color only for null, which a binary
+        # float32 array cannot hold, and a NaN cell keeps the previous cell's
+        # fill. So padding cells get a second HeatMap on top, in grey.
+        self.padding_scale = bqplot.ColorScale(min=0.0, max=1.0, colors=[PADDING_COLOR] * 2)
+        self.padding_mark = bqplot.HeatMap(
+            x=np.array([0.0, 1.0]),
+            y=np.array([0.0, 1.0]),
+            color=np.zeros((2, 2), dtype=np.float32),
+            scales={"x": self.x_scale, "y": self.y_scale, "color": self.padding_scale},
+            visible=False,
+        )
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", tick_format=".1f",
         )
@@ -114,13 +153,15 @@ class UnitHeatmap(widgets.VBox):
         self.y_axis = bqplot.Axis(
             scale=self.y_scale, side="left", label="unit row", grid_lines="none", tick_format="d"
         )
+        # The toolbar would cover the title, and with it the downsampling rule, on hover.
         self.figure = bqplot.Figure(
-            marks=[self.mark],
+            marks=[self.mark, self.padding_mark],
             axes=[self.x_axis, self.y_axis, self.color_axis],
             title="",
             fig_margin={"top": 50, "bottom": 50, "left": 60, "right": 100},
             layout=widgets.Layout(width="620px", height="500px"),
             title_style={"font-size": "12px"},
+            display_toolbar=False,
         )
         self.figure.add_class("iua-heatmap")
         self.channel_select = widgets.Dropdown(
@@ -154,8 +195,7 @@ class UnitHeatmap(widgets.VBox):
         options = [("mean over channels", MEAN_OVER_CHANNELS)]
         leading = unit_shape[:-2]
         for channel in range(channels):
-            index = ", ".join(str(int(i)) for i in np.unravel_index(channel, leading))
-            options.append((f"({index})", channel))
+            options.append((channel_label(channel, leading), channel))
         with self.channel_select.hold_trait_notifications():
             self.channel_select.options = options
             self.channel_select.value = MEAN_OVER_CHANNELS
@@ -173,9 +213,12 @@ class UnitHeatmap(widgets.VBox):
         title = f"{self.name} · {units_text(result.unit_shape)} · {grid.rule}"
         if result.inputs == 0:
             title += " · no inputs yet, drawn as 0"
+        x_label, y_label = spatial_axis_labels(result.unit_shape) if spatial else (
+            "cell column", "cell row"
+        )
         with (
-            self.mark.hold_sync(), self.x_scale.hold_sync(), self.y_scale.hold_sync(),
-            self.figure.hold_sync(), self.probe.hold_sync(),
+            self.mark.hold_sync(), self.padding_mark.hold_sync(), self.x_scale.hold_sync(),
+            self.y_scale.hold_sync(), self.figure.hold_sync(), self.probe.hold_sync(),
         ):
             x = cell_positions(cols, grid.block if spatial else 1)
             y = cell_positions(rows, grid.block if spatial else 1)
@@ -186,11 +229,21 @@ class UnitHeatmap(widgets.VBox):
             self.x_axis.tick_values = axis_ticks(cols * block)
             self.y_axis.tick_values = axis_ticks(rows * block)
             self.mark.color = mark_color(grid.values)
+            self._draw_padding(grid)
             self.figure.title = title
-            self.x_axis.label = "last unit axis" if spatial else "cell column"
-            self.y_axis.label = "second-to-last unit axis" if spatial else "cell row"
+            self.x_axis.label = x_label
+            self.y_axis.label = y_label
             self.probe.rows, self.probe.cols = rows, cols
             self._update_hover_text()
+
+    def _draw_padding(self, grid: HeatmapGrid) -> None:
+        if not grid.padding:
+            self.padding_mark.visible = False
+            return
+        x, y = padding_positions(grid)
+        self.padding_mark.x, self.padding_mark.y = x, y
+        self.padding_mark.color = np.zeros((len(y), len(x)), dtype=np.float32)
+        self.padding_mark.visible = True
 
     def _on_channel(self, change: dict) -> None:
         self._draw()

@@ -5,11 +5,14 @@ Pure numpy; the widgets in :mod:`.heatmap` draw what this module computes.
 Rules, by unit shape (the same rules are stated in each plot title):
 
 - ``()`` (a 1-D response, one unit) and ``(U,)`` (dense layers, channel
-  units): units in row-major order. Up to ``ROW_UNITS`` units form one row;
-  more are folded into rows of ``ceil(sqrt(cells))`` cells. Above
-  ``MAX_SIDE**2`` units each cell is the mean of ``k = ceil(U / MAX_SIDE**2)``
-  consecutive units (the last cell may hold fewer). Cells after the last unit
-  (at most one row) are padding, drawn as 0.
+  units): units in row-major order. Up to ``ROW_UNITS`` units form one row.
+  More are folded into rows of the smallest width from ``ceil(sqrt(cells))``
+  to ``sqrt(2 * cells)`` that divides the cell count, so the grid is full
+  and at most twice as wide as high. When no width in that range divides
+  it, rows are ``ceil(sqrt(cells))`` wide, and the cells after the last unit
+  (fewer than one row) are padding: 0 in ``values``, drawn in grey
+  (``PADDING_COLOR``). Above ``MAX_SIDE**2`` units each cell is the mean of
+  ``k = ceil(U / MAX_SIDE**2)`` consecutive units (the last cell may hold fewer).
 - ``(H, W)``: one cell per unit, or above ``MAX_SIDE`` rows or columns the
   mean of ``k x k`` blocks with ``k = ceil(max(H, W) / MAX_SIDE)``. Blocks at
   the bottom and right edges may be smaller, and each is the mean of the
@@ -35,6 +38,9 @@ COLORS = (
     "#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c",
     "#28ae80", "#5ec962", "#addc30", "#fde725",
 )
+#: Colour of padding cells, which contain no unit. Grey is not on the colour scale, so it
+#: reads as no value.
+PADDING_COLOR = "#bdbdbd"
 #: Channel selection meaning "mean over all channels".
 MEAN_OVER_CHANNELS = -1
 
@@ -61,6 +67,8 @@ class HeatmapGrid:
     channel
         Channel shown (index into the flattened leading axes), or
         ``MEAN_OVER_CHANNELS``; ``None`` for layouts without channels.
+    padding
+        Cells after the last unit, at the end of the last row (``"flat"`` only).
     """
 
     values: np.ndarray
@@ -70,10 +78,18 @@ class HeatmapGrid:
     block: int
     width: int = 0
     channel: int | None = None
+    padding: int = 0
 
     @property
     def units(self) -> int:
         return int(np.prod(self.unit_shape, dtype=np.int64))
+
+    def padding_mask(self) -> np.ndarray:
+        """Return a ``(rows, cols)`` bool array, true on the padding cells."""
+        mask = np.zeros(self.values.shape, dtype=bool)
+        if self.padding:
+            mask[-1, mask.shape[1] - self.padding :] = True
+        return mask
 
     def describe_cell(self, row: int, col: int) -> str:
         """Name the unit(s) under cell ``(row, col)`` in the layer's own shape, with the value."""
@@ -178,16 +194,36 @@ def heatmap_grid(
     stacked = proportion.reshape(channels, *shape[-2:])
     if channel is None or channel == MEAN_OVER_CHANNELS:
         return _spatial_grid(
-            stacked.mean(axis=0), shape, MEAN_OVER_CHANNELS, f"mean over {channels} channels, "
+            stacked.mean(axis=0), shape, MEAN_OVER_CHANNELS, f"mean over {channels:,} channels, "
         )
     if not 0 <= channel < channels:
         raise ValueError(
             f"Channel {channel} does not exist in a layer of unit shape {shape}; "
             f"pick 0 to {channels - 1} or MEAN_OVER_CHANNELS ({MEAN_OVER_CHANNELS})."
         )
-    index = tuple(int(i) for i in np.unravel_index(channel, shape[:-2]))
-    label = ", ".join(map(str, index))
-    return _spatial_grid(stacked[channel], shape, channel, f"channel ({label}), ")
+    return _spatial_grid(
+        stacked[channel], shape, channel, f"{channel_label(channel, shape[:-2])}, "
+    )
+
+
+def channel_label(channel: int, leading: tuple[int, ...]) -> str:
+    """Name a channel: ``channel 2``, or ``channel (1, 0)`` when several axes lead."""
+    index = [str(int(i)) for i in np.unravel_index(channel, leading)]
+    if len(index) == 1:
+        return f"channel {index[0]}"
+    return f"channel ({', '.join(index)})"
+
+
+def row_width(cells: int) -> int:
+    """Cells per row of a flat layout of ``cells`` cells (the rule in the module docstring)."""
+    if cells <= ROW_UNITS:
+        return max(cells, 1)
+    side = math.ceil(math.sqrt(cells))
+    widest = min(math.isqrt(2 * cells), MAX_SIDE)
+    for width in range(side, widest + 1):
+        if cells % width == 0:
+            return width
+    return side
 
 
 def _flat_grid(flat: np.ndarray, shape: tuple[int, ...]) -> HeatmapGrid:
@@ -195,17 +231,18 @@ def _flat_grid(flat: np.ndarray, shape: tuple[int, ...]) -> HeatmapGrid:
     block = max(1, math.ceil(units / MAX_SIDE**2))
     cells = run_mean(flat, block)
     count = len(cells)
-    width = count if count <= ROW_UNITS else math.ceil(math.sqrt(count))
+    width = row_width(count)
     rows = math.ceil(count / width)
     values = np.zeros(rows * width, dtype=np.float64)
     values[:count] = cells
     padding = rows * width - count
-    rule = f"rows of {width}, "
-    rule += "1 unit per cell" if block == 1 else f"mean of {block} consecutive units per cell"
+    rule = f"rows of {width:,}, "
+    rule += "1 unit per cell" if block == 1 else f"mean of {block:,} consecutive units per cell"
     if padding:
-        rule += f", {padding} padding cells = 0"
+        rule += f", {padding} padding cell{'s' if padding > 1 else ''} in grey"
     return HeatmapGrid(
-        values.reshape(rows, width).astype(np.float32), shape, rule, "flat", block, width
+        values.reshape(rows, width).astype(np.float32), shape, rule, "flat", block, width,
+        padding=padding,
     )
 
 
@@ -237,3 +274,10 @@ def to_rgb(values: np.ndarray, colors: tuple[str, ...] = COLORS) -> np.ndarray:
     fraction = (position - lower)[..., None]
     rgb = stops[lower] * (1.0 - fraction) + stops[lower + 1] * fraction
     return np.rint(rgb).astype(np.uint8)
+
+
+def grid_rgb(grid: HeatmapGrid) -> np.ndarray:
+    """Return the cells of ``grid`` as uint8 RGB as the figure draws them, padding in grey."""
+    rgb = to_rgb(grid.values)
+    rgb[grid.padding_mask()] = color_table((PADDING_COLOR,))[0].astype(np.uint8)
+    return rgb

@@ -4,6 +4,8 @@
 // box, maps the mouse to a cell from the image's on-screen box and the
 // grid shape (row 0 at the top), and syncs "hover_cell" only when the cell
 // changes. Python writes the description into "text".
+// The figure may hold a second, smaller HeatMap image over the padding
+// cells, so the grid is the largest image.
 
 function render({ model, el }) {
   el.classList.add("iua-heatmap-hover-text");
@@ -11,14 +13,21 @@ function render({ model, el }) {
   el.append(output);
   let last = "";
 
+  function gridBox(view) {
+    let largest = null;
+    for (const image of view.querySelectorAll(".iua-heatmap image.heatmap")) {
+      const box = image.getBoundingClientRect();
+      if (!largest || box.width * box.height > largest.width * largest.height) {
+        largest = box;
+      }
+    }
+    return largest;
+  }
+
   function cellAt(event) {
     const view = el.closest(".iua-heatmap-view");
-    const image = view && view.querySelector(".iua-heatmap image.heatmap");
-    if (!image) {
-      return null;
-    }
-    const box = image.getBoundingClientRect();
-    if (box.width <= 0 || box.height <= 0) {
+    const box = view && gridBox(view);
+    if (!box || box.width <= 0 || box.height <= 0) {
       return null;
     }
     const x = (event.clientX - box.left) / box.width;
