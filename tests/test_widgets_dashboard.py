@@ -18,7 +18,12 @@ from iua_widgets.widgets.controls import RTOL_NO_EFFECT
 from iua_widgets.widgets.dashboard import Dashboard
 from iua_widgets.widgets.drilldown import TOP_UNITS, activity_histogram, top_units
 from iua_widgets.widgets.heatmap import mark_color
-from iua_widgets.widgets.heatmap_grid import MAX_SIDE, heatmap_grid, to_rgb
+from iua_widgets.widgets.heatmap_grid import (
+    MAX_SIDE,
+    PADDING_COLOR,
+    heatmap_grid,
+    to_rgb,
+)
 from iua_widgets.widgets.layer_table import read_table_csv
 from iua_widgets.widgets.png import read_png
 
@@ -263,8 +268,7 @@ def test_dashboard_of_iua_and_lazy_export():
     assert isinstance(dash, Dashboard)
     assert dash.engine is iua.engine
     assert "iua-dashboard" in dash._dom_classes
-    assert dash.progress.label.value.startswith("10 / 10 inputs")
-    assert dash.progress.bar.value == 1.0
+    assert dash.progress.label.value == "10 inputs (analysed)"
     with pytest.raises(TypeError, match="StreamingIUA or an IUA"):
         Dashboard(object())
 
@@ -454,3 +458,42 @@ def test_csv_layer_names_stay_text(tmp_path):
     back = read_table_csv(dash.to_csv(tmp_path / "layers.csv"))
     assert list(back["layer"]) == ["1", "NA", "a,b", 'q"uote']
     pd.testing.assert_frame_equal(back, dash.table_frame())
+
+
+def test_alert_note_explains_red_rows():
+    dash = Dashboard(make_engine(), dead_alert=0.2)
+    assert "iua-alert-note" in dash.alert_note._dom_classes
+    assert dash.children.index(dash.alert_note) == dash.children.index(dash.table) + 1
+    assert "red</span>: ≥ 20 % dead units or NaN/inf values" in dash.alert_note.value
+    dash.dead_alert = 0.05
+    assert "≥ 5 % dead units" in dash.alert_note.value
+    dash.apply_view_state({"dead_alert": 0.125})
+    assert "≥ 12.5 % dead units" in dash.alert_note.value
+
+
+def test_large_counts_have_thousands_separators():
+    engine = StreamingIUA(per_input="none")
+    engine.update({"huge": np.zeros((2, 1_000_000), dtype=np.float32)})
+    engine.update({"small": np.zeros((1_500, 3), dtype=np.float32)})
+    dash = Dashboard(engine, layer="huge")
+    assert dash.heatmap.figure.title.startswith("huge · 1,000,000 units · rows of 250, ")
+    assert dash.drilldown.table.caption == (
+        "huge: top 200 of 1,000,000 units by inactive inputs (of 2), largest first"
+    )
+    assert dash.drilldown.histogram.title == "huge: units by inactive proportion (1,000,000 dead)"
+    assert dash.progress.label.value == "1,502 inputs"
+    # The table keeps raw numbers, so it sorts by value; the browser adds the separators.
+    assert {row["units"] for row in dash.table.rows} == {1_000_000, 3}
+
+
+def test_png_paints_padding_grey(tmp_path):
+    values = np.ones((3, 127))
+    values[:, :120] = 0.0  # the last 7 units are never inactive, the others dead
+    dash = Dashboard(IUA.introspect({"fc": values}))
+    grid = dash.heatmap.grid  # 127 units in rows of 12: five padding cells at the end
+    assert grid.padding == 5
+    pixels = read_png(dash.save_heatmap_png(tmp_path / "fc.png", size=12).read_bytes())
+    grey = [int(PADDING_COLOR[i : i + 2], 16) for i in (1, 3, 5)]
+    never_inactive = to_rgb(np.zeros(1))[0].tolist()
+    assert pixels.shape == (11, 12, 3)
+    assert [pixels[10, col].tolist() for col in range(12)] == [never_inactive] * 7 + [grey] * 5

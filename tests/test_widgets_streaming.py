@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from iua_widgets import IUA, StreamingIUA
+from iua_widgets.widgets import dashboard_stream
 from iua_widgets.widgets.dashboard import Dashboard
-from iua_widgets.widgets.streaming import Throttle
+from iua_widgets.widgets.streaming import StreamHandle, Throttle
 
 from .widget_recorder import install
 
@@ -86,7 +88,7 @@ def test_live_updates_throttled_while_feeding():
     assert dash.table_frame()["inputs"].tolist() == [901, 901]
     timers.fire_all()
     assert dash.table_frame()["inputs"].tolist() == [1000, 1000]
-    assert dash.progress.label.value.startswith("1000 inputs")
+    assert dash.progress.label.value == "1,000 inputs"
 
 
 def test_comm_message_rate_for_fast_producer(monkeypatch):
@@ -126,7 +128,7 @@ def test_background_stream_reaches_full_progress(monkeypatch):
     assert handle.state == "finished"
     assert dash.progress.bar.value == 1.0
     assert dash.progress.bar.bar_style == "success"
-    assert dash.progress.label.value.startswith("2048 / 2048 inputs")
+    assert dash.progress.label.value.startswith("2,048 / 2,048 inputs")
     assert dash.table_frame()["inputs"].tolist() == [2048]
     assert dash.progress.pause_button.disabled
     assert dash.progress.cancel_button.disabled
@@ -267,8 +269,8 @@ def recorded_labels(dash: Dashboard) -> list[str]:
 
 
 def label_counts(label: str) -> tuple[int, int | None]:
-    """Inputs seen and the total of a progress label such as ``"8 / 10 inputs · ..."``."""
-    counts = label.split(" inputs")[0]
+    """Inputs seen and the total of a progress label such as ``"8 / 1,000 inputs · ..."``."""
+    counts = label.split(" inputs")[0].replace(",", "")
     if " / " in counts:
         seen, total = counts.split(" / ")
         return int(seen), int(total)
@@ -278,7 +280,7 @@ def label_counts(label: str) -> tuple[int, int | None]:
 def test_unknown_size_stream_clears_stale_total():
     iua = IUA.introspect({"a": np.zeros((10, 5))})
     dash = Dashboard(iua)
-    assert dash.progress.label.value.startswith("10 / 10 inputs")
+    assert dash.progress.label.value == "10 inputs (analysed)"
 
     def producer():
         for _ in range(3):
@@ -306,3 +308,73 @@ def test_total_below_inputs_is_dropped():
     assert dash.progress.label.value.startswith("50 inputs · ")
     assert dash.engine.expected_inputs is None
     assert dash.progress.bar.value == 1.0
+
+
+def wait_for_batches(handle, count: int) -> None:
+    """Block until ``handle`` has applied and timed ``count`` batches (or fail after a minute)."""
+    deadline = time.monotonic() + 60
+    while handle.batches < count:
+        assert time.monotonic() < deadline, f"only {handle.batches} of {count} batches applied"
+        time.sleep(0.001)
+
+
+def test_rate_excludes_paused_time(monkeypatch):
+    now = [0.0]  # seconds on a clock that only the producer and the test move
+    monkeypatch.setattr(
+        dashboard_stream, "StreamHandle", functools.partial(StreamHandle, clock=lambda: now[0])
+    )
+    dash = Dashboard(StreamingIUA(), redraw_interval=0.0)
+
+    def producer():
+        for index in range(10):
+            if index == 5:
+                dash.pause()
+            now[0] += 1.0  # producing each batch of 4 inputs takes one second
+            yield {"fc": np.ones((4, 3))}
+
+    handle = dash.stream(producer(), total=40)
+    wait_for_batches(handle, 6)
+    assert handle.state == "paused"
+    assert dash.progress.label.value == "24 / 40 inputs · 4 inputs/s · paused"
+
+    now[0] += 600.0  # ten minutes paused
+    dash.resume()
+    assert handle.join(timeout=60)
+    assert handle.state == "finished"
+    assert handle.active_seconds == 10.0
+    assert handle.inputs == 40
+    assert handle.inputs_per_second == 4.0
+    assert dash.progress.label.value == "40 / 40 inputs · 4 inputs/s · finished"
+
+
+def test_handle_rate_counts_its_own_inputs():
+    now = [0.0]
+    engine = StreamingIUA()
+    engine.update({"fc": np.ones((100, 3))})  # inputs from before the stream
+
+    def producer():
+        for _ in range(3):
+            now[0] += 0.5
+            yield {"fc": np.ones((2, 3))}
+
+    handle = StreamHandle(engine, producer(), clock=lambda: now[0]).start(background=False)
+    assert handle.inputs == 6
+    assert handle.active_seconds == 1.5
+    assert handle.inputs_per_second == 4.0
+    assert StreamHandle(engine, iter([])).inputs_per_second == 0.0
+
+
+def test_stream_shows_controls_counts_with_separators():
+    iua = IUA.introspect({"a": np.zeros((1_797, 2))})
+    dash = Dashboard(iua)
+    progress = dash.progress
+    # A finished analysis has no stream: a plain count, without the bar and the buttons.
+    assert progress.label.value == "1,797 inputs (analysed)"
+    for widget in (progress.bar, progress.pause_button, progress.resume_button, progress.cancel_button):
+        assert widget.layout.display == "none"
+    dash.stream({"a": np.zeros((1_203, 2))}, batch_size=500, background=False)
+    for widget in (progress.bar, progress.pause_button, progress.resume_button, progress.cancel_button):
+        assert widget.layout.display is None
+    assert progress.label.value.startswith("3,000 / 3,000 inputs · ")
+    assert progress.label.value.endswith(" inputs/s · finished")
+    assert progress.bar.value == 1.0

@@ -163,3 +163,31 @@ def test_selection_cleared_when_row_goes():
     table.selected = "b"
     table.set_rows(ROWS[1:])
     assert table.selected is None
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run table.js")
+def test_javascript_formats_thousands(tmp_path):
+    module = tmp_path / "table.mjs"
+    module.write_text(str(SortableTable._esm))
+    cases = [
+        (1_000_000, column("units", "units", "int")),
+        (999, column("units", "units", "int")),
+        (1797, column("inputs", "inputs", "int")),
+        (12345.678, column("mean", "mean", "float", digits=2)),
+        (0.5, column("pct", "pct", "float", digits=2)),
+        (None, column("pct", "pct", "float", digits=2)),
+        (True, column("dead", "dead", "bool")),
+        ("layer1000", column("layer", "layer", "text")),
+    ]
+    script = (
+        f"import {{ formatValue }} from {json.dumps(module.as_uri())};\n"
+        "const cases = JSON.parse(process.argv[1]);\n"
+        "console.log(JSON.stringify(cases.map(([value, spec]) => formatValue(value, spec))));\n"
+    )
+    output = subprocess.run(
+        ["node", "--input-type=module", "-e", script, json.dumps(cases)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(output) == [
+        "1,000,000", "999", "1,797", "12,345.68", "0.50", "", "yes", "layer1000",
+    ]

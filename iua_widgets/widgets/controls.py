@@ -176,7 +176,11 @@ class ThresholdControls(widgets.VBox):
 
 
 class ProgressControls(widgets.HBox):
-    """Progress bar and label (inputs seen / expected, inputs/s) with pause, resume and cancel."""
+    """Progress of a stream (bar, label, pause, resume and cancel), or a plain count without one.
+
+    Until a stream starts, :meth:`show_count` shows only a label such as
+    ``"1,797 inputs (loaded)"``. :meth:`show` brings back the bar and the buttons.
+    """
 
     def __init__(self) -> None:
         self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="inputs")
@@ -198,16 +202,29 @@ class ProgressControls(widgets.HBox):
         )
         self.add_class("iua-progress-controls")
 
+    @property
+    def stream_parts(self) -> tuple[widgets.Widget, ...]:
+        """The widgets shown only while or after a stream runs: the bar and the buttons."""
+        return (self.bar, self.pause_button, self.resume_button, self.cancel_button)
+
+    def show_count(self, seen: int, note: str = "") -> None:
+        """Show ``seen`` inputs and ``note`` (how they arrived) alone, without bar or buttons."""
+        for widget in self.stream_parts:
+            widget.layout.display = "none"
+        self.label.value = f"{seen:,} inputs" + (f" ({note})" if note else "")
+
     def show(self, seen: int, expected: int | None, rate: float, state: str) -> None:
-        """Update the bar and label; ``state`` is a stream state or ``"idle"``.
+        """Show the bar, the label and the buttons of a stream in ``state``.
 
         Without an expected count (``None``, 0, or fewer than ``seen``: a stale
         or wrong total) the label shows ``seen`` alone and the bar stays empty
-        until the stream finishes, then full.
+        until the stream finishes, then full. ``rate`` is in inputs per second.
         """
         if expected is not None and seen > expected:
             expected = None
         done = state == "finished"
+        for widget in self.stream_parts:
+            widget.layout.display = None
         with self.bar.hold_sync():
             if expected:
                 self.bar.value = 1.0 if done else min(1.0, seen / expected)
@@ -217,10 +234,10 @@ class ProgressControls(widgets.HBox):
                 "finished": "success", "failed": "danger", "cancelled": "warning",
                 "paused": "info",
             }.get(state, "")
-        text = f"{seen} / {expected} inputs" if expected else f"{seen} inputs"
+        text = f"{seen:,} / {expected:,} inputs" if expected else f"{seen:,} inputs"
         if rate > 0:
-            text += f" · {rate:.0f} inputs/s"
-        if state not in ("idle", "running"):
+            text += f" · {rate:,.0f} inputs/s"
+        if state != "running":
             text += f" · {state}"
         self.label.value = text
         running = state in ("running", "paused")

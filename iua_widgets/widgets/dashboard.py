@@ -17,13 +17,15 @@ Stable CSS classes (browser tests rely on them):
 ``iua-layer-table``                    layer table; ``th[data-column="<key>"]``,
                                        ``tr[data-row="<layer name>"]``, ``td[data-column="<key>"]``,
                                        rows with class ``selected`` and ``flagged``
+``iua-alert-note``                     caption under the layer table: what a flagged (red) row means
 ``iua-heatmap``                        heatmap figure (title contains the layer name)
 ``iua-heatmap-view``                   box holding the heatmap and its controls
 ``iua-channel-select``                 channel selector of conv layers
 ``iua-heatmap-hover``                  label naming the unit under the mouse
-``iua-progress``                       progress bar; ``iua-progress-label`` ("2048 / 2048 inputs")
-``iua-pause``, ``iua-resume``,         stream buttons
-``iua-cancel``
+``iua-progress``                       progress bar; ``iua-progress-label`` ("2,048 / 2,048 inputs",
+                                       or "1,797 inputs (loaded)" before any stream)
+``iua-pause``, ``iua-resume``,         stream buttons; they and the bar are hidden until
+``iua-cancel``                         ``stream()`` is called
 ``iua-errors``                         error area
 ``iua-unit-table``                     unit table (same DOM contract as the layer table)
 ``iua-unit-histogram``                 histogram figure of unit activity
@@ -58,7 +60,7 @@ from .dashboard_state import ViewStateMixin, check_channel, check_layer, engine_
 from .dashboard_stream import StreamingMixin
 from .drilldown import UnitDrilldown
 from .heatmap import UnitHeatmap
-from .heatmap_grid import channel_count, to_rgb
+from .heatmap_grid import channel_count, grid_rgb
 from .layer_table import FRAME_NAMES, LAYER_COLUMNS, layer_rows, rows_frame, write_table_csv
 from .png import upscale, write_png
 from .streaming import StreamHandle, Throttle
@@ -70,7 +72,20 @@ __all__ = ["FRAME_NAMES", "LAYER_COLUMNS", "Dashboard"]
 logger = logging.getLogger(__name__)
 
 #: Widgets the dashboard owns and closes, by attribute name.
-_PARTS = ("layer_select", "thresholds", "progress", "table", "heatmap", "drilldown", "errors")
+_PARTS = (
+    "layer_select", "thresholds", "progress", "table", "alert_note", "heatmap", "drilldown",
+    "errors",
+)
+#: Colour of flagged rows in ``table.css``, repeated in the caption that explains them.
+FLAGGED_COLOR = "#c62828"
+
+
+def alert_note(dead_alert: float) -> str:
+    """Return the HTML caption that says when a layer row is flagged (drawn red)."""
+    return (
+        f"<span style='color: var(--jp-error-color1, {FLAGGED_COLOR})'>red</span>: "
+        f"≥ {100 * dead_alert:g} % dead units or NaN/inf values"
+    )
 
 
 class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
@@ -101,6 +116,13 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         Minimum seconds between redraws caused by arriving batches (0.1: about 10 Hz).
 
     ``Dashboard(source, **other.view_state())`` shows what ``other`` shows.
+
+    Attributes
+    ----------
+    source_label
+        How the inputs arrived, shown after the count until :meth:`stream` is
+        called: ``"analysed"`` for an ``IUA``, ``"loaded"`` after :meth:`load`,
+        ``"snapshot"`` in a ``TrainingDashboard``, empty for a ``StreamingIUA``.
     """
 
     def __init__(
@@ -135,6 +157,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
             raise ValueError(f"redraw_interval must be >= 0 seconds, got {redraw_interval!r}.")
 
         self.engine = engine
+        self._source_label = "" if source is engine else "analysed"
         self._dead_alert = view["dead_alert"]
         self._lock = threading.RLock()
         self._results_key: tuple | None = None
@@ -156,6 +179,8 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
             sort_ascending=view["sort_ascending"],
         )
         self.table.add_class("iua-layer-table")
+        self.alert_note = widgets.HTML("")
+        self.alert_note.add_class("iua-alert-note")
         self.heatmap = UnitHeatmap()
         self.heatmap.figure.title = "Waiting for the first batch"
         self.drilldown = UnitDrilldown()
@@ -165,6 +190,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
                 self.thresholds,
                 self.progress,
                 self.table,
+                self.alert_note,
                 widgets.HBox(
                     [self.heatmap, self.drilldown], layout=widgets.Layout(flex_flow="row wrap")
                 ),
@@ -222,6 +248,17 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         self.layer_select.value = name
 
     @property
+    def source_label(self) -> str:
+        """How the inputs arrived (``"loaded"``, ...), shown after the count until a stream runs."""
+        return self._source_label
+
+    @source_label.setter
+    def source_label(self, value: str) -> None:
+        self._source_label = str(value)
+        with self._lock:
+            self._show_progress()
+
+    @property
     def dead_alert(self) -> float:
         """Fraction of dead units at or above which a layer is flagged."""
         return self._dead_alert
@@ -256,6 +293,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
                 self.table.flag_notes = notes
                 self.table.selected = self.layer_select.value
                 self._show_progress()
+            self.alert_note.value = alert_note(self._dead_alert)
             self._show_layer(results)
 
     def _refresh_from_batch(self) -> None:
@@ -345,12 +383,13 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         """Write the current heatmap to ``path`` as PNG and return the path.
 
         The image is the heatmap's cell array (after the downsampling rule in
-        the title) in the same colour map as the figure, without axes or
-        legend. Each cell is a square of pixels, so the longer side is about
-        ``size`` pixels. A cell gets at least one pixel, so a ``size`` below
-        the cell count (at most 256) gives one pixel per cell. It is written
-        with numpy and ``zlib``, not with bqplot's ``Figure.save_png``, which
-        needs a browser front end and saves to the browser's downloads.
+        the title) in the same colour map as the figure, padding cells in the
+        same grey, without axes or legend. Each cell is a square of pixels,
+        so the longer side is about ``size`` pixels. A cell gets at least one
+        pixel, so a ``size`` below the cell count (at most 256) gives one
+        pixel per cell. It is written with numpy and ``zlib``, not with
+        bqplot's ``Figure.save_png``, which needs a browser front end and
+        saves to the browser's downloads.
 
         Raises
         ------
@@ -361,7 +400,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         grid = self.heatmap.grid
         if grid is None:
             raise ValueError("No heatmap to save yet: feed at least one batch first.")
-        return write_png(path, upscale(to_rgb(grid.values), size))
+        return write_png(path, upscale(grid_rgb(grid), size))
 
     def close(self) -> None:
         """Stop observing the engine, cancel a running stream and close the widgets.

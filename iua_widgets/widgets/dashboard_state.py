@@ -78,7 +78,9 @@ class ViewStateMixin:
         The old engine is no longer observed. The selected layer stays if the
         new engine has it, else its first layer is selected. ``atol`` stays if
         it is on the new grid, else the new engine's starting ``atol`` is
-        shown. rtol, the alert, the sort and the heatmap channel stay.
+        shown. rtol, the alert, the sort, the heatmap channel and
+        ``source_label`` stay, and the progress row shows the count alone
+        until :meth:`stream` is called again.
 
         Raises
         ------
@@ -206,10 +208,13 @@ class ViewStateMixin:
 
         Without a ``<path>.view.json`` file (an analysis saved by
         ``StreamingIUA.save`` alone) the dashboard starts with the default view.
+        Its progress row reads ``"<inputs> inputs (loaded)"``.
         """
         engine = StreamingIUA.load(path)
         state_path = view_state_path(path)
         state = read_view_state(state_path) if state_path.exists() else {}
         if not state:
             logger.info("No view state at %s; showing the default view", state_path)
-        return cls(engine, redraw_interval=redraw_interval, **state)
+        dashboard = cls(engine, redraw_interval=redraw_interval, **state)
+        dashboard.source_label = "loaded"
+        return dashboard

@@ -17,7 +17,13 @@ logger = logging.getLogger(__name__)
 
 
 class StreamingMixin:
-    """Stream, pause, resume, cancel and wait, and the progress display."""
+    """Stream, pause, resume, cancel and wait, and the progress display.
+
+    Until :meth:`stream` is called the progress row shows only the input
+    count and ``source_label`` (``"1,797 inputs (loaded)"``). The rate shown
+    while streaming counts the seconds spent producing and applying batches,
+    so a pause does not lower it.
+    """
 
     def stream(
         self, producer: Any, *, batch_size: int = 32, total: int | None = None,
@@ -91,11 +97,14 @@ class StreamingMixin:
         return self.handle
 
     def _show_progress(self) -> None:
-        state = self.handle.state if self.handle is not None else "idle"
-        seen, expected = self.engine.inputs_seen, self.engine.expected_inputs
+        seen = self.engine.inputs_seen
+        if self.handle is None:
+            self.progress.show_count(seen, self.source_label)
+            return
+        expected = self.engine.expected_inputs
         if expected is not None and seen > expected:
             # The total given to stream() (or counted in its producer) was too
             # small, so it is dropped rather than shown as "50 / 10".
             logger.info("Dropped the expected total of %d inputs: %d arrived", expected, seen)
             self.engine.expected_inputs = expected = None
-        self.progress.show(seen, expected, self.engine.inputs_per_second, state)
+        self.progress.show(seen, expected, self.handle.inputs_per_second, self.handle.state)

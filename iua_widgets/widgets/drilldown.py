@@ -128,6 +128,7 @@ class UnitDrilldown(widgets.VBox):
             fig_margin={"top": 40, "bottom": 60, "left": 60, "right": 20},
             layout=widgets.Layout(width="100%", min_width="440px", height="300px"),
             title_style={"font-size": "13px"},
+            display_toolbar=False,
         )
         self.histogram.add_class("iua-unit-histogram")
         self.counts = np.zeros(len(HISTOGRAM_LABELS), dtype=np.int64)
@@ -145,13 +146,13 @@ class UnitDrilldown(widgets.VBox):
         shown = min(self.limit, result.units)
         with self.table.hold_sync():
             self.table.caption = (
-                f"{name}: top {shown} of {result.units} units by inactive inputs "
-                f"(of {result.inputs}), largest first"
+                f"{name}: top {shown:,} of {result.units:,} units by inactive inputs "
+                f"(of {result.inputs:,}), largest first"
             )
             self.table.set_rows(rows)
         with self.histogram.hold_sync(), self.bars.hold_sync(), self.y_axis.hold_sync():
             self.bars.y = heights
             self.y_axis.tick_values = log_ticks(int(self.counts.max()))
             self.histogram.title = (
-                f"{name}: units by inactive proportion ({int(self.counts[-1])} dead)"
+                f"{name}: units by inactive proportion ({int(self.counts[-1]):,} dead)"
             )

@@ -74,7 +74,7 @@ def layer_rows(
                 f"(alert at {100 * dead_alert:g} %)"
             )
         if result.nonfinite:
-            reasons.append(f"{result.nonfinite} nonfinite values (NaN or inf), counted as active")
+            reasons.append(f"{result.nonfinite:,} nonfinite values (NaN or inf), counted as active")
         if reasons:
             flagged.append(name)
             notes[name] = "; ".join(reasons)

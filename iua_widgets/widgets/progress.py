@@ -54,10 +54,10 @@ class IntrospectProgress:
         with self.box.hold_sync():
             if expected:
                 self.bar.value = min(1.0, seen / expected)
-                self.label.value = f"{seen} / {expected} inputs · {state}"
+                self.label.value = f"{seen:,} / {expected:,} inputs · {state}"
             else:
                 self.bar.value = 1.0 if state == "finished" else 0.0
-                self.label.value = f"{seen} inputs · {state}"
+                self.label.value = f"{seen:,} inputs · {state}"
 
     def close(self, error: BaseException | None = None) -> None:
         """Stop following the engine and show the final count (or the failure)."""

@@ -135,6 +135,8 @@ class StreamHandle:
     on_change
         Called with the handle after each state change (not after batches:
         the engine's observers see those).
+    clock
+        Monotonic clock in seconds that times the batches. Tests pass a fake one.
     """
 
     def __init__(
@@ -144,13 +146,19 @@ class StreamHandle:
         *,
         batch_size: int = 32,
         on_change: Callable[[StreamHandle], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.engine = engine
         self.producer = producer
         self.batch_size = batch_size
         self.on_change = on_change
+        self.clock = clock
         self.state = "running"
         self.batches = 0
+        #: Inputs this stream has applied to the engine.
+        self.inputs = 0
+        #: Seconds spent producing and applying batches; time spent paused is not counted.
+        self.active_seconds = 0.0
         self.error: BaseException | None = None
         self.error_message: str | None = None
         #: Set by a viewer once it has shown ``error_message``.
@@ -199,6 +207,12 @@ class StreamHandle:
         """Whether the run has ended (finished, cancelled or failed)."""
         return self._done.is_set()
 
+    @property
+    def inputs_per_second(self) -> float:
+        """Inputs applied per active (not paused) second of this stream, 0.0 before any batch."""
+        seconds = self.active_seconds
+        return self.inputs / seconds if seconds > 0 else 0.0
+
     # -- feeding ---------------------------------------------------------
 
     def _run(self) -> None:
@@ -212,10 +226,14 @@ class StreamHandle:
                 if self._cancel.is_set():
                     state = "cancelled"
                     break
+                started = self.clock()
                 batch = self._next_batch(batches)
                 if batch is None:
                     break
+                seen = self.engine.inputs_seen
                 self._apply(batch)
+                self.inputs += self.engine.inputs_seen - seen
+                self.active_seconds += self.clock() - started
                 self.batches += 1
         except _StreamError:
             state = "failed"

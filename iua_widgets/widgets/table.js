@@ -100,6 +100,9 @@ function compareValues(a, b, ascending) {
   return ascending ? order : -order;
 }
 
+// Numbers show with thousands separators ("1,000,000"), in en-US style
+// whatever the browser's locale, as Python's format(n, ",") writes them.
+// Rows keep the raw numbers, so sorting is unaffected.
 function formatValue(value, column) {
   if (isMissing(value)) {
     return "";
@@ -108,7 +111,13 @@ function formatValue(value, column) {
     return value ? "yes" : "";
   }
   if (typeof value === "number" && column.digits !== undefined && column.digits !== null) {
-    return value.toFixed(column.digits);
+    return value.toLocaleString("en-US", {
+      minimumFractionDigits: column.digits,
+      maximumFractionDigits: column.digits,
+    });
+  }
+  if (typeof value === "number" && column.kind === "int") {
+    return value.toLocaleString("en-US", { maximumFractionDigits: 0 });
   }
   return String(value);
 }
@@ -230,6 +239,6 @@ function render({ model, el }) {
   };
 }
 
-// The named exports let tests run the sort order outside a browser.
-export { compareNatural, compareValues };
+// The named exports let tests run the sort order and the formatting outside a browser.
+export { compareNatural, compareValues, formatValue };
 export default { render };

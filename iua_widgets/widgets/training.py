@@ -87,6 +87,7 @@ class TrainingDashboard(widgets.VBox):
 
     def _build_dashboard(self, engine: Any) -> Dashboard:
         dashboard = Dashboard(engine, layer=self.timeline.layer, atol=self.timeline.atol)
+        dashboard.source_label = "snapshot"
         errors = self.timeline.errors
         dashboard.layer_select.observe(
             guarded(errors, "Layer link", self._on_dashboard_layer), names="value"
