@@ -13,6 +13,7 @@ Stable CSS classes (browser tests rely on them):
 ``iua-timeline-layer``      layer selector (Dropdown); the layer is drawn thick
 ``iua-timeline-atol``       atol ``SelectionSlider`` over the tracker's grid
 ``iua-timeline-x``          x axis choice: step or epoch (ToggleButtons)
+``iua-timeline-legend``     layer colours, above both figures; the selected layer in bold
 ``iua-timeline-dead``       figure of dead % against step
 ``iua-timeline-inactive``   figure of mean inactive % against step
 ``iua-timeline-status``     label: snapshots, last step and epoch, snapshot cost
@@ -22,7 +23,9 @@ Stable CSS classes (browser tests rely on them):
 
 from __future__ import annotations
 
+import html
 import logging
+import math
 import threading
 from typing import Any
 
@@ -44,6 +47,49 @@ PALETTE = (
 #: Opacity of the layers that are not selected.
 DIM_OPACITY = 0.35
 X_CHOICES = ("step", "epoch")
+#: x axis labels, by x choice.
+X_LABELS = {"step": "step", "epoch": "epochs completed (0 = before training)"}
+#: Maximum number of x ticks.
+MAX_TICKS = 8
+#: Space left on each side of the points, as a fraction of their x range.
+X_PADDING = 0.04
+
+
+def integer_ticks(low: float, high: float, max_ticks: int = MAX_TICKS) -> np.ndarray:
+    """Return whole-number ticks from ``low`` to ``high`` at a 1-2-5 step, at most ``max_ticks``."""
+    decade = 1
+    while True:
+        for factor in (1, 2, 5):
+            step = factor * decade
+            if (high - low) / step < max_ticks:
+                first = math.ceil(low / step) * step
+                return np.arange(first, math.floor(high) + 1, step, dtype=np.float64)
+        decade *= 10
+
+
+def x_limits(x: np.ndarray) -> tuple[float, float]:
+    """Return the x scale limits: the points' range widened so end markers and ticks fit."""
+    low, high = float(np.min(x)), float(np.max(x))
+    pad = max(X_PADDING * (high - low), 0.5)
+    return low - pad, high + pad
+
+
+def epoch_points(steps: np.ndarray, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the snapshots drawn against epochs, as indices, and their x positions.
+
+    A snapshot at step 0 shows the model before training, at x = 0. Of the
+    other snapshots, the last one taken during epoch ``e`` (counted from 0,
+    as ``for epoch in range(epochs)`` does) is drawn at ``e + 1``, the
+    number of epochs completed. Snapshots without an epoch are left out.
+    """
+    # NOTE: when the snapshot period does not divide the steps of an epoch,
+    # the last snapshot of an epoch comes before its end, yet is drawn at it.
+    before = np.flatnonzero(steps == 0)[-1:]
+    trained = np.flatnonzero(steps != 0)
+    last = trained[_last_of_each_epoch(epochs[trained])]
+    indices = np.concatenate([before, last])
+    x = np.concatenate([np.zeros(len(before)), epochs[last] + 1.0])
+    return indices, x
 
 
 class TimelinePlot:
@@ -54,22 +100,27 @@ class TimelinePlot:
         self.y_scale = bqplot.LinearScale(min=0.0)
         scales = {"x": self.x_scale, "y": self.y_scale}
         self.lines = bqplot.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales=scales, display_legend=True, stroke_width=1.5,
+            x=np.zeros(0), y=np.zeros(0), scales=scales, stroke_width=1.5,
             marker="circle", marker_size=12,
         )
         self.selected = bqplot.Lines(
             x=np.zeros(0), y=np.zeros(0), scales=scales, stroke_width=4, marker="circle",
             marker_size=24,
         )
-        self.x_axis = bqplot.Axis(scale=self.x_scale, label="step", grid_lines="dashed")
+        self.x_axis = bqplot.Axis(
+            scale=self.x_scale, label="step", grid_lines="dashed", tick_format="d"
+        )
         self.y_axis = bqplot.Axis(
             scale=self.y_scale, side="left", label=y_label, grid_lines="dashed"
         )
+        # The legend is an HTML row above the figures (TrainingTimeline.legend):
+        # bqplot draws its legend inside the plot area, over the lines. The
+        # toolbar is hidden because it would cover the title on hover.
         self.figure = bqplot.Figure(
             marks=[self.lines, self.selected], axes=[self.x_axis, self.y_axis],
-            fig_margin={"top": 40, "bottom": 50, "left": 60, "right": 20},
-            legend_location="top-left", layout=widgets.Layout(width="480px", height="340px"),
-            title_style={"font-size": "13px"},
+            fig_margin={"top": 40, "bottom": 50, "left": 60, "right": 30},
+            layout=widgets.Layout(width="480px", height="340px"),
+            title_style={"font-size": "13px"}, display_toolbar=False,
         )
         self.figure.add_class(css_class)
 
@@ -80,10 +131,17 @@ class TimelinePlot:
         opacities = [1.0 if row == selected else DIM_OPACITY for row in range(len(layers))]
         if selected is None:
             opacities = [1.0] * len(layers)
-        with self.figure.hold_sync(), self.lines.hold_sync(), self.selected.hold_sync():
+        with (
+            self.figure.hold_sync(), self.lines.hold_sync(), self.selected.hold_sync(),
+            self.x_scale.hold_sync(), self.x_axis.hold_sync(),
+        ):
             if len(layers) and len(x):
                 self.lines.x = x
                 self.lines.y = values
+                # Ticks stop at the last point, and the axis runs a little
+                # further, so the last tick label does not reach the axis end.
+                self.x_scale.min, self.x_scale.max = x_limits(x)
+                self.x_axis.tick_values = integer_ticks(float(np.min(x)), float(np.max(x)))
             else:
                 self.lines.x, self.lines.y = np.zeros(0), np.zeros(0)
             self.lines.labels = list(layers)
@@ -113,8 +171,9 @@ class TrainingTimeline(widgets.VBox):
     atol
         Starting grid threshold; the tracker's ``atol`` when ``None``.
     x
-        ``"step"`` or ``"epoch"``. Against epoch, each epoch shows its last
-        snapshot, and snapshots without an epoch are left out.
+        ``"step"`` or ``"epoch"``. Against epoch, the x axis counts epochs
+        completed: the snapshot at step 0 is at 0, and the last snapshot of
+        each epoch at the epoch's number plus one (see :func:`epoch_points`).
     redraw_interval
         Minimum seconds between redraws caused by new snapshots (0.1: about 10 Hz).
     """
@@ -152,12 +211,15 @@ class TrainingTimeline(widgets.VBox):
         self.x_select.add_class("iua-timeline-x")
         self.status = widgets.Label("No snapshot yet.")
         self.status.add_class("iua-timeline-status")
+        self.legend = widgets.HTML("")
+        self.legend.add_class("iua-timeline-legend")
         self.dead_plot = TimelinePlot("dead units (%)", "iua-timeline-dead")
         self.inactive_plot = TimelinePlot("mean inactive units (%)", "iua-timeline-inactive")
         super().__init__(
             children=[
                 widgets.HBox([self.layer_select, widgets.Label("x axis"), self.x_select]),
                 self.atol_slider,
+                self.legend,
                 widgets.HBox([self.dead_plot.figure, self.inactive_plot.figure]),
                 self.status,
                 self.errors,
@@ -225,11 +287,8 @@ class TrainingTimeline(widgets.VBox):
             return np.zeros(0), empty, empty
         if self.x_select.value == "step":
             return curves.steps.astype(np.float64), curves.dead_percent, curves.mean_inactive_percent
-        keep = _last_of_each_epoch(curves.epochs)
-        return (
-            curves.epochs[keep], curves.dead_percent[:, keep],
-            curves.mean_inactive_percent[:, keep],
-        )
+        keep, x = epoch_points(curves.steps, curves.epochs)
+        return x, curves.dead_percent[:, keep], curves.mean_inactive_percent[:, keep]
 
     def _draw(self) -> None:
         curves = self.curves
@@ -238,10 +297,11 @@ class TrainingTimeline(widgets.VBox):
         x, dead, inactive = self.plotted()
         layers = curves.layers
         selected = layers.index(self.layer) if self.layer in layers else None
-        label = self.x_select.value
+        label = X_LABELS[self.x_select.value]
         at = f"atol={format_threshold(curves.atol)}"
         self.dead_plot.draw(x, dead, layers, selected, label, f"Dead units, {at}")
         self.inactive_plot.draw(x, inactive, layers, selected, label, f"Mean inactive units, {at}")
+        self.legend.value = legend_html(layers, selected)
         self.status.value = self._status_text()
 
     def _status_text(self) -> str:
@@ -288,9 +348,27 @@ class TrainingTimeline(widgets.VBox):
         """Stop observing the tracker and close the widgets."""
         self.tracker.unobserve(self._observer)
         for widget in (self.layer_select, self.atol_slider, self.x_select, self.status,
-                       self.errors, self.dead_plot.figure, self.inactive_plot.figure):
+                       self.legend, self.errors, self.dead_plot.figure, self.inactive_plot.figure):
             widget.close()
         super().close()
+
+
+def legend_html(layers: tuple[str, ...], selected: int | None) -> str:
+    """Return the legend row: a line swatch in each layer's colour and its name, escaped."""
+    entries = []
+    for row, name in enumerate(layers):
+        color = PALETTE[row % len(PALETTE)]
+        chosen = row == selected
+        swatch = (
+            f"<span style='display: inline-block; width: 22px; height: {4 if chosen else 2}px; "
+            f"background: {color}; vertical-align: middle; margin-right: 4px'></span>"
+        )
+        weight = "bold" if chosen else "normal"
+        entries.append(
+            f"<span class='iua-timeline-legend-entry' data-layer='{html.escape(name, quote=True)}' "
+            f"style='margin-right: 16px; font-weight: {weight}'>{swatch}{html.escape(name)}</span>"
+        )
+    return "".join(entries)
 
 
 def _last_of_each_epoch(epochs: np.ndarray) -> np.ndarray:
