@@ -260,7 +260,7 @@ def test_channel_units_grid_of_channels():
     np.testing.assert_allclose(view.grid.values.reshape(-1), result.unit_inactive_proportion)
     assert view.channel_select.layout.display == "none"
     assert view.figure.title == "conv · 40 units · rows of 8, 1 unit per cell"
-    assert view.padding_mark.visible is False
+    assert view.figure.marks == [view.mark]
     view.probe.hover_cell = [0, 7]
     assert view.probe.text == "unit (7,): inactive proportion 1"
 
@@ -315,7 +315,7 @@ def test_padding_cells_drawn_grey():
     assert view.figure.title == "fc · 127 units · rows of 12, 1 unit per cell, 5 padding cells in grey"
 
     # The grey mark covers exactly the last five cells of the last row.
-    assert view.padding_mark.visible is True
+    assert view.figure.marks == [view.mark, view.padding_mark]
     assert view.padding_mark.scales["x"] is view.x_scale
     assert view.padding_mark.scales["y"] is view.y_scale
     assert set(view.padding_scale.colors) == {PADDING_COLOR}
@@ -338,9 +338,9 @@ def test_padding_cells_drawn_grey():
         expected = grey if col >= 7 else to_rgb(grid.values[10, col : col + 1])[0].tolist()
         assert rgb[10, col].tolist() == expected, col
 
-    # A layer without padding hides the grey mark again.
+    # A layer without padding takes the grey mark out of the figure again.
     view.show("fc", padded_result(128, 0))
-    assert view.padding_mark.visible is False
+    assert view.figure.marks == [view.mark]
     assert "padding" not in view.figure.title
 
 

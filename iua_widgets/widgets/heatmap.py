@@ -135,14 +135,14 @@ class UnitHeatmap(widgets.VBox):
         )
         # bqplot 0.13.1's HeatMap paints null_color only for null, which a binary
         # float32 array cannot hold, and a NaN cell keeps the previous cell's
-        # fill. So padding cells get a second HeatMap on top, in grey.
+        # fill. So padding cells get a second HeatMap on top, in grey, which
+        # is in the figure only while the layout has padding.
         self.padding_scale = bqplot.ColorScale(min=0.0, max=1.0, colors=[PADDING_COLOR] * 2)
         self.padding_mark = bqplot.HeatMap(
             x=np.array([0.0, 1.0]),
             y=np.array([0.0, 1.0]),
             color=np.zeros((2, 2), dtype=np.float32),
             scales={"x": self.x_scale, "y": self.y_scale, "color": self.padding_scale},
-            visible=False,
         )
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", tick_format=".1f",
@@ -155,7 +155,7 @@ class UnitHeatmap(widgets.VBox):
         )
         # The toolbar would cover the title, and with it the downsampling rule, on hover.
         self.figure = bqplot.Figure(
-            marks=[self.mark, self.padding_mark],
+            marks=[self.mark],
             axes=[self.x_axis, self.y_axis, self.color_axis],
             title="",
             fig_margin={"top": 50, "bottom": 50, "left": 60, "right": 100},
@@ -238,12 +238,12 @@ class UnitHeatmap(widgets.VBox):
 
     def _draw_padding(self, grid: HeatmapGrid) -> None:
         if not grid.padding:
-            self.padding_mark.visible = False
+            self.figure.marks = [self.mark]
             return
         x, y = padding_positions(grid)
         self.padding_mark.x, self.padding_mark.y = x, y
         self.padding_mark.color = np.zeros((len(y), len(x)), dtype=np.float32)
-        self.padding_mark.visible = True
+        self.figure.marks = [self.mark, self.padding_mark]
 
     def _on_channel(self, change: dict) -> None:
         self._draw()
