@@ -24,10 +24,15 @@ UNITS = 64
 ZERO_FRACTIONS = {"dense": 0.1, XSS_LAYER: 0.5, "sparse": 0.9}
 # The first units of "sparse" are zero on every input: dead at any atol.
 DEAD_UNITS = 16
+# Units of "padded": a prime, so the heatmap rows of 12 end in 5 padding cells.
+PADDED_UNITS = 127
 
 
 def synthetic_responses(inputs=INPUTS, seed=0):
-    """Return whole-dataset responses (inputs, UNITS) of the synthetic layers."""
+    """Return whole-dataset responses of the synthetic layers.
+
+    Each is (inputs, UNITS), except (inputs, PADDED_UNITS) for "padded".
+    """
     rng = np.random.default_rng(seed)
     layers = {}
     for name, zero_fraction in ZERO_FRACTIONS.items():
@@ -35,6 +40,9 @@ def synthetic_responses(inputs=INPUTS, seed=0):
         values[rng.random((inputs, UNITS)) < zero_fraction] = 0.0
         layers[name] = values
     layers["sparse"][:, :DEAD_UNITS] = 0.0
+    padded = 10.0 ** rng.uniform(-9.0, 1.0, size=(inputs, PADDED_UNITS))
+    padded[rng.random((inputs, PADDED_UNITS)) < 0.5] = 0.0
+    layers["padded"] = padded
     return layers
 '''
 

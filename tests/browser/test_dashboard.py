@@ -78,9 +78,14 @@ def by_row(rows: list[dict]) -> dict[str, dict]:
 
 def seen_inputs(progress_text: str) -> int:
     """Return N from a progress label such as ``"96 / 360 inputs · 31 inputs/s · paused"``."""
-    match = re.match(r"(\d+) (/ \d+ )?inputs", progress_text)
+    match = re.match(r"([\d,]+) (/ [\d,]+ )?inputs", progress_text)
     assert match, f"unexpected progress label {progress_text!r}"
-    return int(match.group(1))
+    return int(match.group(1).replace(",", ""))
+
+
+def number(text: str) -> float:
+    """Return the number a table cell shows, thousands separators (``1,024``) removed."""
+    return float(text.replace(",", ""))
 
 
 def assert_rows_match_numpy(rows: list[dict], layers: dict, atol: float) -> None:
@@ -91,20 +96,20 @@ def assert_rows_match_numpy(rows: list[dict], layers: dict, atol: float) -> None
         cells = rows_by_layer[name]["cells"]
         expected = expected_layer_row(values, atol)
         assert cells["layer"] == name
-        assert int(cells["units"]) == expected["units"], name
-        assert int(cells["inputs"]) == expected["inputs"], name
-        assert int(cells["dead_units"]) == expected["dead_units"], (name, atol)
-        # Two decimals are shown; JavaScript's toFixed and Python's round may
+        assert number(cells["units"]) == expected["units"], name
+        assert number(cells["inputs"]) == expected["inputs"], name
+        assert number(cells["dead_units"]) == expected["dead_units"], (name, atol)
+        # Two decimals are shown; JavaScript's toLocaleString and Python's round may
         # break an exact tie differently, hence half a unit of the last digit.
         for key in ("mean_inactive", "std_inactive", "mean_inactive_pct", "dead_pct"):
-            assert float(cells[key]) == pytest.approx(expected[key], abs=0.005 + 1e-9), (
+            assert number(cells[key]) == pytest.approx(expected[key], abs=0.005 + 1e-9), (
                 f"{name!r} {key} at atol={atol:g}"
             )
 
 
 def column_values(rows: list[dict], key: str) -> list[float]:
     """Return the numbers of one column, in display order."""
-    return [float(row["cells"][key]) for row in rows]
+    return [number(row["cells"][key]) for row in rows]
 
 
 def test_dashboard_links_controls(server, notebook_dir, page):
@@ -141,6 +146,9 @@ def test_dashboard_links_controls(server, notebook_dir, page):
     rows_by_layer = by_row(rows)
     assert "flagged" in rows_by_layer["sparse"]["classes"]
     assert "flagged" not in rows_by_layer["dense"]["classes"]
+    expect(dashboard.locator(".iua-alert-note")).to_have_text(
+        "red: ≥ 10 % dead units or NaN/inf values"
+    )
 
     # The layer named like an HTML tag shows literally and runs nothing.
     assert rows_by_layer[xss_layer]["cells"]["layer"] == xss_layer
@@ -219,6 +227,35 @@ def test_dashboard_links_controls(server, notebook_dir, page):
         expect(hover).to_have_text(
             f"unit ({unit},): inactive proportion {inactive[unit]:.4g}", timeout=ROUND_TRIP_MS
         )
+
+    # 127 units in rows of 12 leave 5 padding cells: a second, grey HeatMap image covers
+    # exactly them, and hovering one names it as padding.
+    select.select_option(value="padded")
+    expect(heatmap_title).to_have_text(
+        "padded · 127 units · rows of 12, 1 unit per cell, 5 padding cells in grey",
+        timeout=ROUND_TRIP_MS,
+    )
+    expect(image).to_have_count(2, timeout=ROUND_TRIP_MS)
+    boxes = sorted(
+        (image.nth(index).bounding_box() for index in range(2)),
+        key=lambda box: box["width"] * box["height"],
+    )
+    padding_box, grid_box = boxes
+    cell_width, cell_height = grid_box["width"] / 12, grid_box["height"] / 11
+    assert padding_box["x"] == pytest.approx(grid_box["x"] + 7 * cell_width, abs=2)
+    assert padding_box["width"] == pytest.approx(5 * cell_width, abs=2)
+    assert padding_box["y"] == pytest.approx(grid_box["y"] + 10 * cell_height, abs=2)
+    assert padding_box["height"] == pytest.approx(cell_height, abs=2)
+    padded_inactive = np.isclose(layers["padded"], 0.0, rtol=1e-5, atol=dragged_atol).mean(axis=0)
+    for col, text in (
+        (6, f"unit (126,): inactive proportion {padded_inactive[126]:.4g}"),
+        (7, "padding cell (no unit)"),
+        (11, "padding cell (no unit)"),
+    ):
+        page.mouse.move(
+            grid_box["x"] + (col + 0.5) * cell_width, grid_box["y"] + 10.5 * cell_height
+        )
+        expect(hover).to_have_text(text, timeout=ROUND_TRIP_MS)
 
     # Choosing the HTML-like layer in the selector selects its row and titles the heatmap literally.
     select.select_option(value=xss_layer)

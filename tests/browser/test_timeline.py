@@ -71,6 +71,21 @@ def test_timeline_live_and_linked(server, page, notebook_dir):
     status = timeline.locator(".iua-timeline-status")
     expect(status).to_contain_text(f"{expected['snapshots']} snapshots", timeout=ROUND_TRIP_MS)
 
+    # The training snapshot has no stream: a plain count, no progress bar or buttons.
+    dashboard_progress = page.locator(".iua-dashboard .iua-progress-label").first
+    expect(dashboard_progress).to_have_text("360 inputs (snapshot)", timeout=ROUND_TRIP_MS)
+    expect(page.locator(".iua-dashboard button.iua-pause").first).to_be_hidden()
+    expect(page.locator(".iua-dashboard .iua-progress").first).to_be_hidden()
+
+    # The legend is a row above the figures, not a box over the lines.
+    legend = timeline.locator(".iua-timeline-legend")
+    expect(legend).to_contain_text("act1", timeout=ROUND_TRIP_MS)
+    expect(legend).to_contain_text("act2")
+    assert timeline.locator(".g_legend text").count() == 0
+    legend_box = legend.bounding_box()
+    plot_box = timeline.locator(".iua-timeline-dead").bounding_box()
+    assert legend_box["y"] + legend_box["height"] <= plot_box["y"] + 1
+
     dead_figure = timeline.locator(".iua-timeline-dead")
     # Two thin lines (one per layer) and the thick line of the selected layer.
     lines = dead_figure.evaluate(READ_LINES)
