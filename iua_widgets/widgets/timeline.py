@@ -309,7 +309,7 @@ class TrainingTimeline(widgets.VBox):
         if not snapshots:
             return "No snapshot yet."
         last = snapshots[-1]
-        epoch = "" if last.epoch is None else f", epoch {last.epoch}"
+        epoch = "" if last.epoch is None else f", during epoch {last.epoch} (counted from 0)"
         return (
             f"{len(snapshots)} snapshots; last at step {last.step}{epoch}, "
             f"which took {1000 * last.seconds:.0f} ms."
