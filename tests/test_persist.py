@@ -14,9 +14,9 @@ import pytest
 
 from iua_widgets import IUA, StreamingIUA
 from iua_widgets.engine import persist
+from iua_widgets.engine.grid import threshold_grid
 from iua_widgets.engine.persist import AnalysisFileError, encode_state, write_members
 from iua_widgets.engine.state import AnalysisState, LayerState, capture, restore
-from iua_widgets.engine.grid import threshold_grid
 from tests.analysis_compare import assert_same_analysis, feed, make_batches, run
 from tests.reference import brute_force
 

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-from iua_widgets import IUA  # noqa: E402
-from iua_widgets.models.mlp import (  # noqa: E402
+from iua_widgets import IUA
+from iua_widgets.models.mlp import (
     HIDDEN_LAYERS,
     HIGH_LR,
     SENSIBLE_LR,
@@ -22,9 +22,9 @@ from iua_widgets.models.mlp import (  # noqa: E402
     total_dead_percent,
     train_digits_mlp,
 )
-from iua_widgets.results.table import results_frame  # noqa: E402
-from iua_widgets.torch import responses  # noqa: E402
-from iua_widgets.torch.tracking import TrainingTracker  # noqa: E402
+from iua_widgets.results.table import results_frame
+from iua_widgets.torch import responses
+from iua_widgets.torch.tracking import TrainingTracker
 
 ATOLS = [0.0, 1e-8, 1e-6, 1e-3, 0.1, 1.0]
 RTOL = 1e-05

@@ -8,22 +8,22 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from iua_widgets.models.mlp import (  # noqa: E402
+from iua_widgets.models.mlp import (
     HIDDEN_LAYERS,
     HIGH_LR,
     build_digits_mlp,
     digits_tracker,
     train_digits_mlp,
 )
-from iua_widgets.widgets.timeline import (  # noqa: E402
+from iua_widgets.widgets.timeline import (
     TrainingTimeline,
     _last_of_each_epoch,
     epoch_points,
     integer_ticks,
 )
-from iua_widgets.widgets.training import TrainingDashboard  # noqa: E402
+from iua_widgets.widgets.training import TrainingDashboard
 
-from .widget_recorder import browser_update, install  # noqa: E402
+from .widget_recorder import browser_update, install
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .state import AnalysisState, LayerState, capture, cumulative_dtype, engine_of, restore
+from .state import (
+    AnalysisState,
+    LayerState,
+    capture,
+    cumulative_dtype,
+    engine_of,
+    restore,
+)
 from .streaming import StreamingIUA
 
 #: Settings that every part of a merge must share.

@@ -381,4 +381,6 @@ def load(
         "Loaded analysis of %d inputs over %d layers from %s",
         state.inputs_seen, len(state.layers), os.fspath(path),
     )
-    return restore(state, max_cache_bytes=max_cache_bytes)
+    engine = restore(state, max_cache_bytes=max_cache_bytes)
+    engine.loaded_from = Path(path)
+    return engine

@@ -136,6 +136,8 @@ class StreamingIUA:
         self.inputs_seen = 0
         self.batches_seen = 0
         self.expected_inputs: int | None = None
+        #: File this engine was read from by ``load``, or ``None``.
+        self.loaded_from: Any = None
         self._started: float | None = None
         self._last_update: float | None = None
 

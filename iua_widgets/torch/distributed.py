@@ -18,7 +18,14 @@ import torch.distributed as dist
 from ..engine.merge import check_compatible
 from ..engine.persist import encode_state
 from ..engine.persist_checks import decode_layer, decode_settings
-from ..engine.state import AnalysisState, LayerState, capture, cumulative_dtype, engine_of, restore
+from ..engine.state import (
+    AnalysisState,
+    LayerState,
+    capture,
+    cumulative_dtype,
+    engine_of,
+    restore,
+)
 from ..engine.streaming import StreamingIUA
 from ..results import IUA
 

@@ -286,7 +286,7 @@ def guarded(errors: ErrorArea, context: str, callback: Callable[..., None]) -> C
     def run(*args, **kwargs) -> None:
         try:
             callback(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - shown to the user and logged
+        except Exception as error:
             logger.exception("%s failed", context)
             errors.report(f"{context} failed: {type(error).__name__}: {error}")
 

@@ -55,13 +55,31 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..engine import Result, StreamingIUA
-from .controls import ErrorArea, ProgressControls, ThresholdControls, check_real, guarded
-from .dashboard_state import ViewStateMixin, check_channel, check_layer, engine_of, grid_atol
+from .controls import (
+    ErrorArea,
+    ProgressControls,
+    ThresholdControls,
+    check_real,
+    guarded,
+)
+from .dashboard_state import (
+    ViewStateMixin,
+    check_channel,
+    check_layer,
+    engine_of,
+    grid_atol,
+)
 from .dashboard_stream import StreamingMixin
 from .drilldown import UnitDrilldown
 from .heatmap import UnitHeatmap
 from .heatmap_grid import channel_count, grid_rgb
-from .layer_table import FRAME_NAMES, LAYER_COLUMNS, layer_rows, rows_frame, write_table_csv
+from .layer_table import (
+    FRAME_NAMES,
+    LAYER_COLUMNS,
+    layer_rows,
+    rows_frame,
+    write_table_csv,
+)
 from .png import upscale, write_png
 from .streaming import StreamHandle, Throttle
 from .table import SortableTable
@@ -157,7 +175,10 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
             raise ValueError(f"redraw_interval must be >= 0 seconds, got {redraw_interval!r}.")
 
         self.engine = engine
-        self._source_label = "" if source is engine else "analysed"
+        if getattr(engine, "loaded_from", None) is not None:
+            self._source_label = "loaded"
+        else:
+            self._source_label = "" if source is engine else "analysed"
         self._dead_alert = view["dead_alert"]
         self._lock = threading.RLock()
         self._results_key: tuple | None = None
@@ -299,7 +320,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
     def _refresh_from_batch(self) -> None:
         try:
             self.refresh()
-        except Exception as error:  # noqa: BLE001 - timer threads must not die silently
+        except Exception as error:
             logger.exception("Dashboard redraw failed")
             self.errors.report(f"Dashboard redraw failed: {type(error).__name__}: {error}")
 

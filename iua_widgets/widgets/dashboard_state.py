@@ -19,7 +19,12 @@ import numpy as np
 from ..engine import StreamingIUA
 from .controls import check_real
 from .heatmap_grid import MEAN_OVER_CHANNELS, channel_count
-from .view_state import check_view_state, read_view_state, view_state_path, write_view_state
+from .view_state import (
+    check_view_state,
+    read_view_state,
+    view_state_path,
+    write_view_state,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -240,7 +240,7 @@ class StreamHandle:
         except KeyboardInterrupt as interrupt:
             # Only an inline (background=False) run can receive Ctrl-C: stop like cancel().
             state, interrupted = "cancelled", interrupt
-        except Exception as error:  # noqa: BLE001 - shown in the viewer and logged
+        except Exception as error:
             self._fail(error, f"The stream failed before batch {self.batches}")
             state = "failed"
         logger.info(

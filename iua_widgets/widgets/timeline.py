@@ -275,7 +275,7 @@ class TrainingTimeline(widgets.VBox):
     def _refresh_from_tracker(self) -> None:
         try:
             self.refresh()
-        except Exception as error:  # noqa: BLE001 - timer threads must not die silently
+        except Exception as error:
             logger.exception("Timeline redraw failed")
             self.errors.report(f"Timeline redraw failed: {type(error).__name__}: {error}")
 

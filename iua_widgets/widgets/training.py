@@ -100,7 +100,7 @@ class TrainingDashboard(widgets.VBox):
     def _show_latest_from_tracker(self) -> None:
         try:
             self.show_latest()
-        except Exception as error:  # noqa: BLE001 - timer threads must not die silently
+        except Exception as error:
             logger.exception("Dashboard switch to the latest snapshot failed")
             self.timeline.errors.report(
                 f"Dashboard switch to the latest snapshot failed: {type(error).__name__}: {error}"

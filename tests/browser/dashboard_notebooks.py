@@ -136,14 +136,14 @@ failing.stream(failing_batches(), total=INPUTS)''',
 def synthetic_layers() -> dict[str, np.ndarray]:
     """Return the synthetic responses exactly as the test notebooks build them."""
     namespace: dict[str, Any] = {}
-    exec(SYNTHETIC_SOURCE, namespace)  # noqa: S102 - the module's own constant source
+    exec(SYNTHETIC_SOURCE, namespace)
     return namespace["synthetic_responses"]()
 
 
 def synthetic_constants() -> dict[str, Any]:
     """Return the constants (``XSS_LAYER``, ``INPUTS``, ``DEAD_UNITS``, ...) of ``SYNTHETIC_SOURCE``."""
     namespace: dict[str, Any] = {}
-    exec(SYNTHETIC_SOURCE, namespace)  # noqa: S102 - the module's own constant source
+    exec(SYNTHETIC_SOURCE, namespace)
     return {key: value for key, value in namespace.items() if key.isupper()}
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from .servers import isolated_environment
 from .notebook_ui import (
     RENDER_TIMEOUT_MS,
     cell_errors,
@@ -19,6 +18,7 @@ from .notebook_ui import (
     wait_for_stable_text,
     write_notebook,
 )
+from .servers import isolated_environment
 
 pytestmark = pytest.mark.browser
 
