@@ -107,7 +107,7 @@ def alert_note(dead_alert: float) -> str:
 
 
 class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
-    """Live, linked view of an IUA engine; displays itself in a notebook.
+    """Live, linked view of an IUA engine, shown as a cell's last expression or by display().
 
     Parameters
     ----------
