@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..engine import StreamingIUA
+from .capture import _first_tensor
 from .layers import LayerSpec, select_layers, warn_non_relu
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class TrainingCapture:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.model.training:
                 # Copy now: a later in-place operation may overwrite the output.
-                store.append(_output_tensor(output, name).detach().clone())
+                store.append(_first_tensor(output, name).detach().clone())
 
         return hook
 
@@ -88,18 +89,3 @@ class TrainingCapture:
         if fields:
             with self._lock:
                 self._engine.update(fields)
-
-
-def _output_tensor(output: Any, name: str) -> torch.Tensor:
-    value = output
-    while not isinstance(value, torch.Tensor):
-        if isinstance(value, tuple | list) and value:
-            value = value[0]
-        elif isinstance(value, Mapping) and value:
-            value = next(iter(value.values()))
-        else:
-            raise TypeError(
-                f"Layer {name!r} returned a {type(output).__name__} with no tensor at its "
-                "first position. Track a submodule that returns a tensor."
-            )
-    return value
