@@ -95,7 +95,7 @@ def engine_of(analysis: object) -> StreamingIUA:
     if isinstance(engine, StreamingIUA):
         return engine
     raise TypeError(
-        f"Expected an IUA or a StreamingIUA, got {type(analysis).__name__}. Create one "
+        f"Expected a StreamingIUA or an IUA, got {type(analysis).__name__}. Create one "
         "with IUA.introspect(...), StreamingIUA(...) or IUA.load(path)."
     )
 

@@ -8,6 +8,7 @@ import logging
 import numbers
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -291,3 +292,28 @@ def guarded(errors: ErrorArea, context: str, callback: Callable[..., None]) -> C
             errors.report(f"{context} failed: {type(error).__name__}: {error}")
 
     return run
+
+
+def sync_layer_options(view: Any, names: list[str]) -> None:
+    """Set ``view.layer_select``'s options to ``names``, keeping a sensible selection.
+
+    ``view`` is a dashboard or timeline with ``layer_select``,
+    ``_requested_layer`` (a layer asked for before it arrived) and
+    ``_updating_options`` (set while options change, so observers ignore it).
+    The requested layer wins once listed, then the current one, then the first.
+    """
+    select = view.layer_select
+    if list(select.options) == names:
+        return
+    requested = view._requested_layer
+    chosen = requested if requested in names else select.value
+    if chosen not in names:
+        chosen = names[0] if names else None
+    view._updating_options = True
+    try:
+        select.options = names
+        select.value = chosen
+    finally:
+        view._updating_options = False
+    if chosen is not None and chosen == requested:
+        view._requested_layer = None

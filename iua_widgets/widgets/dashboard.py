@@ -55,18 +55,19 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..engine import Result, StreamingIUA
+from ..engine.state import engine_of
 from .controls import (
     ErrorArea,
     ProgressControls,
     ThresholdControls,
     check_real,
     guarded,
+    sync_layer_options,
 )
 from .dashboard_state import (
     ViewStateMixin,
     check_channel,
     check_layer,
-    engine_of,
     grid_atol,
 )
 from .dashboard_stream import StreamingMixin
@@ -304,7 +305,7 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         """Redraw everything from the engine's cache at the current threshold."""
         with self._lock:
             results = self.results()
-            self._sync_layer_options(list(results))
+            sync_layer_options(self, list(results))
             rows, flagged, notes = layer_rows(results, self._dead_alert)
             with contextlib.ExitStack() as stack:
                 for widget in (self.table, self.progress.bar, self.progress.label):
@@ -323,22 +324,6 @@ class Dashboard(ViewStateMixin, StreamingMixin, widgets.VBox):
         except Exception as error:
             logger.exception("Dashboard redraw failed")
             self.errors.report(f"Dashboard redraw failed: {type(error).__name__}: {error}")
-
-    def _sync_layer_options(self, names: list[str]) -> None:
-        if list(self.layer_select.options) == names:
-            return
-        current = self.layer_select.value
-        chosen = self._requested_layer if self._requested_layer in names else current
-        if chosen not in names:
-            chosen = names[0] if names else None
-        self._updating_options = True
-        try:
-            self.layer_select.options = names
-            self.layer_select.value = chosen
-        finally:
-            self._updating_options = False
-        if chosen == self._requested_layer:
-            self._requested_layer = None
 
     def _show_layer(self, results: dict[str, Result]) -> None:
         name = self.layer_select.value

@@ -17,6 +17,7 @@ from typing import Any, Self
 import numpy as np
 
 from ..engine import StreamingIUA
+from ..engine.state import engine_of
 from .controls import check_real
 from .heatmap_grid import MEAN_OVER_CHANNELS, channel_count
 from .view_state import (
@@ -27,18 +28,6 @@ from .view_state import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def engine_of(source: Any) -> StreamingIUA:
-    """Return the engine of a ``StreamingIUA`` or an ``IUA``; raise ``TypeError`` otherwise."""
-    if isinstance(source, StreamingIUA):
-        return source
-    engine = getattr(source, "engine", None)
-    if isinstance(engine, StreamingIUA):
-        return engine
-    raise TypeError(
-        f"Dashboard needs a StreamingIUA or an IUA (with .engine), got {type(source).__name__}."
-    )
 
 
 def check_layer(engine: StreamingIUA, name: str | None) -> None:

@@ -34,7 +34,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..torch.snapshots import TimelineCurves
-from .controls import ErrorArea, format_threshold, guarded
+from .controls import ErrorArea, format_threshold, guarded, sync_layer_options
 from .streaming import Throttle
 
 logger = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class TrainingTimeline(widgets.VBox):
         """Recompute the curves at the current atol from the tracker's snapshots and redraw."""
         with self._lock:
             self.curves = self.tracker.curves(self.atol)
-            self._sync_layer_options(list(self.curves.layers))
+            sync_layer_options(self, list(self.curves.layers))
             self._draw()
 
     def _refresh_from_tracker(self) -> None:
@@ -314,22 +314,6 @@ class TrainingTimeline(widgets.VBox):
             f"{len(snapshots)} snapshots; last at step {last.step}{epoch}, "
             f"which took {1000 * last.seconds:.0f} ms."
         )
-
-    def _sync_layer_options(self, names: list[str]) -> None:
-        if list(self.layer_select.options) == names:
-            return
-        current = self.layer_select.value
-        requested = self._requested_layer if self._requested_layer in names else current
-        if requested not in names:
-            requested = names[0] if names else None
-        self._updating_options = True
-        try:
-            self.layer_select.options = names
-            self.layer_select.value = requested
-        finally:
-            self._updating_options = False
-        if requested is not None and requested == self._requested_layer:
-            self._requested_layer = None
 
     # -- observers -------------------------------------------------------------
 
