@@ -119,7 +119,7 @@ def test_layers_disagreeing_on_inputs_rejected_atomically():
     assert engine.results["b"].inputs == 2
 
 
-def test_layer_absent_from_some_batches_uses_own_input_count():
+def test_absent_layer_uses_own_input_count():
     engine = StreamingIUA()
     engine.update({"a": np.zeros((2, 1)), "b": np.zeros((2, 1))})
     engine.update({"a": np.ones((3, 1))})

@@ -5,11 +5,11 @@ float64 array and the grid converted to that dtype by ``native_thresholds``
 (``G`` values), and returns for that batch:
 
 - ``unit_cumulative``: ``(G + 2, units)`` unsigned, the number of inputs on
-  which unit ``u`` fell in bin ``k`` or below, where bin ``k <= G`` holds
+  which unit ``u`` fell in bin ``k`` or below. Bin ``k <= G`` contains
   ``thresholds[k-1] < |x| <= thresholds[k]`` (bin 0 is
   ``|x| <= thresholds[0]``, bin ``G`` is above every threshold) and bin
-  ``G + 1`` holds NaN and +-inf; row ``j < G`` is thus the count of inputs
-  with ``|x| <= thresholds[j]``;
+  ``G + 1`` contains NaN and +-inf. Row ``j < G`` is thus the count of
+  inputs with ``|x| <= thresholds[j]``;
 - ``input_hist``: ``(inputs, G + 2)`` int64, inputs' counts per bin (not cumulative).
 
 Passing the same ``scratch`` dict on every call for one layer reuses its
@@ -61,8 +61,9 @@ def _bucket_tables_cached(threshold_bytes: bytes, dtype_str: str):
     bits = thresholds.view(uint)
     count = len(thresholds)
     infinity_bits = np.array([np.inf], dtype=dtype).view(uint)[0]
-    # Start with 6 mantissa bits per bucket (64 buckets per octave); the 1-2-5
-    # grid puts at most one threshold in a bucket, an extra atol may need more.
+    # Start with few mantissa bits per bucket (6 for float32, 3 for float64) to
+    # keep the tables small. The 1-2-5 grid puts at most one threshold in a
+    # bucket, but an atol close to a grid value may need finer buckets.
     for kept_bits in range(3 if dtype == np.float64 else 6, 11):
         shift = mantissa_bits - kept_bits
         buckets = 1 << (8 * np.dtype(uint).itemsize - 1 - shift)
@@ -213,7 +214,7 @@ _warned_fallback = False
 
 
 def use_compiled() -> bool:
-    """Whether the numba kernels are used (numba importable, not disabled by the environment)."""
+    """Return whether the numba kernels are used (numba importable, not disabled by the environment)."""
     return bin_numba is not None and os.environ.get("IUA_WIDGETS_KERNEL", "") != "numpy"
 
 

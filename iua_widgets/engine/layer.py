@@ -25,7 +25,7 @@ def detail_dtype(units: int) -> np.dtype:
 
 @dataclass
 class BatchContribution:
-    """What one batch adds to one layer's statistics, computed before any of it is applied."""
+    """Contribution of one batch to one layer's statistics, computed before any of it is applied."""
 
     inputs: int
     unit_cumulative: np.ndarray  # (thresholds + 2, units) unsigned, see kernels.bin_values
@@ -45,7 +45,7 @@ def as_units(
     float16 becomes float32 (exact). Integer and bool responses become
     float32 when every threshold is below 2**24: then integers up to 2**24
     are exact and larger ones round to at least 2**24, above every threshold,
-    so each comparison keeps its answer. Otherwise they become float64 (exact
+    so each comparison keeps its result. Otherwise they become float64 (exact
     below 2**53). In channel mode each unit is the largest magnitude of the
     channel's elements, NaN-propagating, because a channel is inactive only
     when all its elements are.
@@ -101,11 +101,12 @@ def channel_unit_shape(shape: tuple[int, ...], channel_axis: int, name: str) -> 
 class LayerStats:
     """Threshold-grid cache of one layer.
 
-    Memory independent of the number of inputs: ``cumulative[j, u]``, the
-    number of inputs on which unit ``u`` was within ``grid[j]`` of zero
-    (uint32 until a count could pass 2**32 - 1, then int64: 4 or 8 bytes per
-    unit per grid threshold), and per threshold the exact sum and sum of
-    squares of per-input inactive counts (Python ints).
+    Two parts take memory independent of the number of inputs. The first is
+    ``cumulative[j, u]``, the number of inputs on which unit ``u`` was within
+    ``grid[j]`` of zero: uint32 until a count could pass 2**32 - 1, then
+    int64, so 4 or 8 bytes per unit per grid threshold. The second is, per
+    threshold, the exact sum and sum of squares of per-input inactive counts
+    (Python ints).
 
     Per-input detail depends on ``per_input``: ``"grid"`` keeps every
     input's inactive count at every grid threshold (2 bytes per input per

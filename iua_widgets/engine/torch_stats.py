@@ -31,7 +31,7 @@ def import_torch():
 
 @dataclass
 class TorchBatchContribution:
-    """What one batch adds to one layer, as tensors on the device."""
+    """Contribution of one batch to one layer, as tensors on the device."""
 
     inputs: int
     unit_hist: Any  # (thresholds + 2, units) int64
@@ -82,7 +82,7 @@ class TorchLayerStats:
         self._thresholds: dict = {}
 
     def thresholds_for(self, dtype):
-        """The grid in ``dtype`` (float32 or float64) on this layer's device."""
+        """Return the grid in ``dtype`` (float32 or float64) on this layer's device."""
         if dtype not in self._thresholds:
             numpy_dtype = np.float32 if dtype == self._torch.float32 else np.float64
             native = native_thresholds(self.grid, numpy_dtype)

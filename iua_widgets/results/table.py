@@ -23,7 +23,7 @@ COLUMNS = [
 
 
 def layer_row(name: str, result: Result) -> dict:
-    """One table row: the DNIKit columns plus size-independent fractions."""
+    """Build one table row: the DNIKit columns plus size-independent fractions."""
     return {
         "response": name,
         "units": result.units,

@@ -15,7 +15,7 @@ REDRAW_INTERVAL = 0.1
 
 
 def in_notebook_kernel() -> bool:
-    """Whether this code runs in a Jupyter kernel, where a widget can be shown."""
+    """Return whether this code runs in a Jupyter kernel, where a widget can be displayed."""
     if "ipykernel" not in sys.modules:
         return False
     from IPython import get_ipython
