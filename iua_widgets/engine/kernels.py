@@ -4,13 +4,16 @@
 float64 array and the grid converted to that dtype by ``native_thresholds``
 (``G`` values), and returns for that batch:
 
-- ``unit_cumulative``: ``(G + 2, units)`` unsigned, the number of inputs on
-  which unit ``u`` fell in bin ``k`` or below. Bin ``k <= G`` contains
-  ``thresholds[k-1] < |x| <= thresholds[k]`` (bin 0 is
-  ``|x| <= thresholds[0]``, bin ``G`` is above every threshold) and bin
-  ``G + 1`` contains NaN and +-inf. Row ``j < G`` is thus the count of
-  inputs with ``|x| <= thresholds[j]``;
-- ``input_hist``: ``(inputs, G + 2)`` int64, inputs' counts per bin (not cumulative).
+- ``unit_cumulative``: unsigned counts in blocks of units,
+  ``(blocks, G + 2, BLOCK)`` (``from_blocks`` gives the ``(G + 2, units)``
+  view): the number of inputs on which unit ``u`` fell in bin ``k`` or
+  below. Bin ``k <= G`` contains ``thresholds[k-1] < |x| <= thresholds[k]``
+  (bin 0 is ``|x| <= thresholds[0]``, bin ``G`` is above every threshold)
+  and bin ``G + 1`` contains NaN and +-inf. Row ``j < G`` is thus the count
+  of inputs with ``|x| <= thresholds[j]``. Blocks keep each thread's
+  counters contiguous in cache;
+- ``input_cumulative``: ``(inputs, G + 2)`` int64, inputs' counts in bin
+  ``k`` or below.
 
 Passing the same ``scratch`` dict on every call for one layer reuses its
 buffers, which saves the page faults of fresh allocations; the returned
@@ -36,14 +39,24 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 try:
+    import llvmlite
     import numba
+    from llvmlite import ir as llvm_ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - exercised by forcing the numpy path
     numba = None
 
 #: Inputs per kernel call, so per-batch unit counts fit uint16.
 _SUB_BATCH = 65535
-#: Units binned by one thread before it moves on, sized to keep its counters in L1.
-_UNIT_BLOCK = 256
+#: Units binned by one thread before it moves on (``2**_BLOCK_BITS``), sized
+#: to keep the block's counters in L1.
+_BLOCK_BITS = 8
+_UNIT_BLOCK = 1 << _BLOCK_BITS
+#: Bytes per cache line, the prefetch step.
+_CACHE_LINE = 64
+#: Whether llvmlite writes typed-pointer IR (its default), which sets the prefetch intrinsic's name.
+_TYPED_POINTERS = numba is not None and getattr(llvmlite, "ir_layer_typed_pointers_enabled", True)
 
 
 def _layout(dtype: np.dtype):
@@ -89,6 +102,21 @@ def bucket_tables(thresholds: np.ndarray):
     return _bucket_tables_cached(thresholds.tobytes(), thresholds.dtype.str)
 
 
+def to_blocks(unit_cumulative: np.ndarray) -> np.ndarray:
+    """Reshape ``(bins, units)`` counts to the kernels' ``(blocks, bins, block)`` layout."""
+    bins, units = unit_cumulative.shape
+    blocks = -(-units // _UNIT_BLOCK)
+    padded = np.zeros((bins, blocks * _UNIT_BLOCK), dtype=unit_cumulative.dtype)
+    padded[:, :units] = unit_cumulative
+    return np.ascontiguousarray(padded.reshape(bins, blocks, _UNIT_BLOCK).transpose(1, 0, 2))
+
+
+def from_blocks(blocked: np.ndarray, units: int) -> np.ndarray:
+    """Inverse of ``to_blocks``: the ``(bins, units)`` view of blocked counts."""
+    blocks, bins, block = blocked.shape
+    return blocked.transpose(1, 0, 2).reshape(bins, blocks * block)[:, :units]
+
+
 def bin_numpy(x: np.ndarray, thresholds: np.ndarray):
     """Bin ``x`` with numpy only (``searchsorted`` and ``bincount``)."""
     inputs, units = x.shape
@@ -103,86 +131,120 @@ def bin_numpy(x: np.ndarray, thresholds: np.ndarray):
     input_index = np.arange(inputs)[:, None] * bins + k
     input_hist = np.bincount(input_index.ravel(), minlength=inputs * bins)
     unit_cumulative = np.cumsum(unit_hist.reshape(bins, units), axis=0).astype(np.uint32)
-    return unit_cumulative, input_hist.reshape(inputs, bins).astype(np.int64)
+    input_cumulative = np.cumsum(input_hist.reshape(inputs, bins), axis=1, dtype=np.int64)
+    return to_blocks(unit_cumulative), input_cumulative
 
 
 if numba is not None:
 
+    @intrinsic
+    def _prefetch(typingctx, array, index):
+        """Ask the CPU to start loading ``array[index]`` into cache (``llvm.prefetch``)."""
+        if not isinstance(array, types.Array):
+            return None
+
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            view = context.make_array(array_type)(context, builder, args[0])
+            pointer = cgutils.get_item_pointer(
+                context, builder, array_type, view, [args[1]], wraparound=False
+            )
+            byte_pointer = llvm_ir.IntType(8).as_pointer()
+            i32 = llvm_ir.IntType(32)
+            function_type = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_pointer, i32, i32, i32])
+            name = "llvm.prefetch.p0i8" if _TYPED_POINTERS else "llvm.prefetch.p0"
+            function = cgutils.get_or_insert_function(builder.module, function_type, name)
+            # Read access, keep in all cache levels, data cache.
+            builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(array, index), codegen
+
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, block):
-        # unit_hist is (bins, units) and lane_hist (chunks, inputs, 4, bins),
-        # both flattened: unsigned flat indices spare numba's negative-index
-        # checks, which cost a third of the time of this loop.
+    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, line):
+        # unit_hist is (blocks, bins, BLOCK) and lane_hist (chunks, inputs, 4, bins),
+        # both flattened. Unsigned flat indices spare numba's negative-index checks,
+        # which cost a third of the time of this loop. A power-of-two block turns
+        # the bin's row offset into a shift.
         inputs, units = bits.shape
-        bins = unit_hist.shape[0] // units
+        blocks = (units + _UNIT_BLOCK - 1) >> _BLOCK_BITS
+        bins = unit_hist.shape[0] // (blocks * _UNIT_BLOCK)
         chunks = lane_hist.shape[0] // (inputs * 4 * bins)
-        step = (units + chunks - 1) // chunks
-        step = (step + block - 1) // block * block
-        unit_stride = numba.uint64(units)
+        per_chunk = (blocks + chunks - 1) // chunks
+        block_bits = numba.uint64(_BLOCK_BITS)
         lane_stride = numba.uint64(bins)
         for c in numba.prange(chunks):
-            start = c * step
-            stop = min(units, start + step)
             lane_hist[c * inputs * 4 * bins : (c + 1) * inputs * 4 * bins] = 0
-            for block_start in range(start, stop, block):
-                block_stop = min(stop, block_start + block)
-                for k in range(bins):
-                    unit_hist[k * units + block_start : k * units + block_stop] = 0
+            for block in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
+                start = block * _UNIT_BLOCK
+                stop = min(units, start + _UNIT_BLOCK)
+                offset = block * bins * _UNIT_BLOCK
+                unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
                 for i in range(inputs):
                     row = bits[i]
+                    if i + 2 < inputs:
+                        # Successive rows of a block are a whole row apart, so the hardware
+                        # prefetcher misses them. Prefetching measured 5 to 15 % faster.
+                        ahead = bits[i + 2]
+                        for u in range(start, stop, line):
+                            _prefetch(ahead, u)
                     lanes = numba.uint64((c * inputs + i) * 4 * bins)
-                    for u in range(block_start, block_stop):
+                    for u in range(start, stop):
                         unit = numba.uint64(u)
                         a = row[unit] & mask
                         b = a >> shift
                         k = numba.uint64(base[b]) + numba.uint64(single[b] < a)
-                        unit_hist[k * unit_stride + unit] += 1
+                        unit_hist[numba.uint64(offset + u - start) + (k << block_bits)] += 1
                         # Four lanes break the store-to-load chain on runs of one bin.
                         lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
                 # Running sum over bins while the block is still in cache.
                 for k in range(1, bins):
-                    for u in range(block_start, block_stop):
-                        unit_hist[k * units + u] += unit_hist[(k - 1) * units + u]
+                    row_start = offset + k * _UNIT_BLOCK
+                    for u in range(_UNIT_BLOCK):
+                        unit_hist[row_start + u] += unit_hist[row_start - _UNIT_BLOCK + u]
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _bin_search_kernel(x, thresholds, unit_hist, lane_hist):
         inputs, units = x.shape
         count = thresholds.shape[0]
+        blocks = unit_hist.shape[0]
         chunks = lane_hist.shape[0]
-        step = (units + chunks - 1) // chunks
+        per_chunk = (blocks + chunks - 1) // chunks
         for c in numba.prange(chunks):
-            start = c * step
-            stop = min(units, start + step)
-            for i in range(inputs):
-                row = x[i]
-                for u in range(start, stop):
-                    a = abs(row[u])
-                    if not (a < np.inf):
-                        k = count + 1
-                    else:
-                        lo = 0
-                        hi = count
-                        while lo < hi:
-                            mid = (lo + hi) >> 1
-                            if thresholds[mid] < a:
-                                lo = mid + 1
-                            else:
-                                hi = mid
-                        k = lo
-                    unit_hist[k, u] += 1
-                    lane_hist[c, i, u & 3, k] += 1
-            for k in range(1, count + 2):
-                for u in range(start, stop):
-                    unit_hist[k, u] += unit_hist[k - 1, u]
+            for block in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
+                start = block * _UNIT_BLOCK
+                stop = min(units, start + _UNIT_BLOCK)
+                for i in range(inputs):
+                    row = x[i]
+                    for u in range(start, stop):
+                        a = abs(row[u])
+                        if not (a < np.inf):
+                            k = count + 1
+                        else:
+                            lo = 0
+                            hi = count
+                            while lo < hi:
+                                mid = (lo + hi) >> 1
+                                if thresholds[mid] < a:
+                                    lo = mid + 1
+                                else:
+                                    hi = mid
+                            k = lo
+                        unit_hist[block, k, u - start] += 1
+                        lane_hist[c, i, u & 3, k] += 1
+                for k in range(1, count + 2):
+                    for u in range(_UNIT_BLOCK):
+                        unit_hist[block, k, u] += unit_hist[block, k - 1, u]
 
     def bin_numba(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None):
         """Bin ``x`` with the compiled kernels, in parallel over blocks of units."""
         inputs, units = x.shape
         bins = len(thresholds) + 2
-        chunks = max(1, min(units, numba.get_num_threads()))
+        blocks = -(-units // _UNIT_BLOCK)
+        chunks = max(1, min(blocks, numba.get_num_threads()))
         hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
         scratch = {} if scratch is None else scratch
-        unit_hist = _buffer(scratch, "unit_hist", (bins, units), hist_type)
+        unit_hist = _buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
         lane_hist = _buffer(scratch, "lane_hist", (chunks, inputs, 4, bins), np.int32)
         tables = bucket_tables(thresholds)
         if tables is None:
@@ -193,8 +255,24 @@ if numba is not None:
             base, single, shift = tables
             uint, _, mask = _layout(x.dtype)
             _bin_table_kernel(x.view(uint), base, single, uint(shift), mask,
-                              unit_hist.reshape(-1), lane_hist.reshape(-1), _UNIT_BLOCK)
-        return unit_hist, lane_hist.sum(axis=(0, 2), dtype=np.int64)
+                              unit_hist.reshape(-1), lane_hist.reshape(-1),
+                              _CACHE_LINE // x.itemsize)
+        input_cumulative = _buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
+        _sum_lanes(lane_hist, input_cumulative)
+        return unit_hist, input_cumulative
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def _sum_lanes(lane_hist, out):
+        # out[i, k]: inputs' counts in bin k or below, over chunks and lanes.
+        chunks, inputs, lanes, bins = lane_hist.shape
+        for i in range(inputs):
+            row = out[i]
+            row[:] = 0
+            for c in range(chunks):
+                for lane in range(lanes):
+                    row += lane_hist[c, i, lane]
+            for k in range(1, bins):
+                row[k] += row[k - 1]
 
 else:  # pragma: no cover
     bin_numba = None
@@ -223,8 +301,8 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
     global _warned_fallback
     if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
         bins = len(thresholds) + 2
-        input_hist = np.zeros((x.shape[0], bins), dtype=np.int64)
-        return np.zeros((bins, 0), dtype=np.uint32), input_hist
+        input_cumulative = np.zeros((x.shape[0], bins), dtype=np.int64)
+        return np.zeros((0, bins, _UNIT_BLOCK), dtype=np.uint32), input_cumulative
     if use_compiled():
         x = np.ascontiguousarray(x)
         if x.shape[0] <= _SUB_BATCH:
@@ -245,26 +323,28 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
 
 
 def add_cumulative(cumulative: np.ndarray, unit_cumulative: np.ndarray) -> None:
-    """Add the first ``G`` rows of a batch's ``unit_cumulative`` to the cache in place."""
+    """Add the first ``G`` rows of a batch's blocked ``unit_cumulative`` to the cache in place."""
     if use_compiled() and cumulative.shape[1] > 0:
         # numpy's mixed uint32 += uint16 add goes through casting buffers and
         # took a quarter of the ingest time; the compiled loop widens in place.
-        _add_rows(cumulative, unit_cumulative)
+        _add_blocks(cumulative, unit_cumulative)
     else:
-        np.add(cumulative, unit_cumulative[: cumulative.shape[0]], out=cumulative,
+        rows, units = cumulative.shape
+        np.add(cumulative, from_blocks(unit_cumulative, units)[:rows], out=cumulative,
                casting="unsafe")
 
 
 if numba is not None:
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _add_rows(cumulative, unit_cumulative):
+    def _add_blocks(cumulative, blocked):
         rows, units = cumulative.shape
+        blocks = blocked.shape[0]
         chunks = max(1, min(64, units // 4096))
-        step = (units + chunks - 1) // chunks
+        per_chunk = (blocks + chunks - 1) // chunks
         for c in numba.prange(chunks):
-            start = c * step
-            stop = min(units, start + step)
-            for j in range(rows):
-                for u in range(start, stop):
-                    cumulative[j, u] += unit_cumulative[j, u]
+            for block in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
+                start = block * _UNIT_BLOCK
+                width = min(units - start, _UNIT_BLOCK)
+                for j in range(rows):
+                    cumulative[j, start : start + width] += blocked[block, j, :width]

@@ -28,7 +28,7 @@ class BatchContribution:
     """Contribution of one batch to one layer's statistics, computed before any of it is applied."""
 
     inputs: int
-    unit_cumulative: np.ndarray  # (thresholds + 2, units) unsigned, see kernels.bin_values
+    unit_cumulative: np.ndarray  # blocked (blocks, thresholds + 2, block), see kernels.bin_values
     input_counts: np.ndarray  # (inputs, thresholds) int64, inactive units per input
     nonfinite: int
 
@@ -138,9 +138,9 @@ class LayerStats:
         ``scratch`` (one dict per layer) lets the kernel reuse its buffers; the
         contribution is then valid until the next ``compute`` with that dict.
         """
-        unit_cumulative, input_hist = bin_values(magnitudes, thresholds, scratch)
-        input_counts = np.cumsum(input_hist[:, : len(thresholds)], axis=1)
-        nonfinite = int(input_hist[:, -1].sum())
+        unit_cumulative, input_cumulative = bin_values(magnitudes, thresholds, scratch)
+        input_counts = input_cumulative[:, : len(thresholds)]
+        nonfinite = int((input_cumulative[:, -1] - input_cumulative[:, -2]).sum())
         return BatchContribution(magnitudes.shape[0], unit_cumulative, input_counts, nonfinite)
 
     def apply(self, part: BatchContribution) -> None:
