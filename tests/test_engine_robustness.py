@@ -132,3 +132,62 @@ def test_failing_observer_does_not_stop_stream():
     with pytest.warns(RuntimeWarning, match="ZeroDivisionError"):
         engine.consume([{"a": np.zeros((1, 2))}, {"a": np.zeros((2, 2))}])
     assert engine.results["a"].inputs == 3
+
+
+def _relu_batch(rng, inputs, units):
+    return np.maximum(rng.standard_normal((inputs, units), dtype=np.float32), 0)
+
+
+@pytest.mark.parametrize("flush_first", [False, True])
+def test_failure_after_binning_takes_counts_back(monkeypatch, flush_first):
+    rng = np.random.default_rng(3)
+    first = {"a": _relu_batch(rng, 40, 300), "b": _relu_batch(rng, 40, 5)}
+    engine = StreamingIUA(atol=1e-2)
+    engine.update(first)
+    original = layer_module.LayerStats.compute
+
+    def compute_then_fail(self, magnitudes, thresholds, scratch=None):
+        if self.name == "b":
+            if flush_first:  # a reader in another thread may flush in between
+                engine.layer_stats("a").flush()
+            raise MemoryError("simulated")
+        return original(self, magnitudes, thresholds, scratch)
+
+    monkeypatch.setattr(layer_module.LayerStats, "compute", compute_then_fail)
+    with pytest.raises(MemoryError):
+        engine.update({"a": _relu_batch(rng, 40, 300) + 1, "b": _relu_batch(rng, 40, 5)})
+    monkeypatch.setattr(layer_module.LayerStats, "compute", original)
+
+    expected = StreamingIUA(atol=1e-2)
+    expected.update(first)
+    for index in range(len(engine.grid)):
+        np.testing.assert_array_equal(
+            engine.layer_stats("a").cumulative[index], expected.layer_stats("a").cumulative[index]
+        )
+    assert engine.results["a"].inputs == 40
+    assert engine.inputs_seen == 40
+
+
+def test_counts_exact_past_pending_buffer_limit():
+    rng = np.random.default_rng(4)
+    batches = [_relu_batch(rng, 30_000, 3) for _ in range(3)]
+    for batch in batches:
+        batch[:, 0] = 0  # 90,000 inactive inputs on unit 0, past the uint16 maximum
+    engine = StreamingIUA(atol=1e-2)
+    for batch in batches:
+        engine.update({"a": batch})
+    whole = np.concatenate(batches)
+    for atol in (0.0, 1e-2, 1.0):
+        result = engine.results_at(atol=atol)["a"]
+        expected = np.isclose(whole.astype(np.float64), 0, rtol=1e-5, atol=atol).sum(axis=0)
+        np.testing.assert_array_equal(result.unit_inactive_count, expected)
+
+
+def test_batch_larger_than_pending_buffer():
+    rng = np.random.default_rng(5)
+    batch = _relu_batch(rng, 70_000, 2)
+    engine = StreamingIUA(atol=1e-2)
+    engine.update({"a": batch[:10]})  # leaves counts pending before the large batch
+    engine.update({"a": batch[10:]})
+    expected = np.isclose(batch.astype(np.float64), 0, rtol=1e-5, atol=1e-2).sum(axis=0)
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, expected)

@@ -30,6 +30,7 @@ a numpy kernel gives the same counts, after a one-time warning.
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import os
 import warnings
@@ -49,6 +50,8 @@ except ImportError:  # pragma: no cover - exercised by forcing the numpy path
 
 #: Inputs per kernel call, so per-batch unit counts fit uint16.
 _SUB_BATCH = 65535
+#: Most inputs a pending buffer may hold, so its uint16 counts cannot overflow.
+PENDING_LIMIT = 65535
 #: Units binned by one thread before it moves on (``2**_BLOCK_BITS``), sized
 #: to keep the block's counters in L1.
 _BLOCK_BITS = 8
@@ -161,9 +164,10 @@ if numba is not None:
         return types.void(array, index), codegen
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, line):
+    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, line, accumulate):
         # unit_hist is (blocks, bins, BLOCK) and lane_hist (chunks, inputs, 4, bins),
-        # both flattened. Unsigned flat indices spare numba's negative-index checks,
+        # both flattened. With accumulate, unit_hist keeps its counts and gains this
+        # batch's per-bin counts, otherwise it becomes this batch's running sums. Unsigned flat indices spare numba's negative-index checks,
         # which cost a third of the time of this loop. A power-of-two block turns
         # the bin's row offset into a shift.
         inputs, units = bits.shape
@@ -179,7 +183,8 @@ if numba is not None:
                 start = block * _UNIT_BLOCK
                 stop = min(units, start + _UNIT_BLOCK)
                 offset = block * bins * _UNIT_BLOCK
-                unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
+                if not accumulate:
+                    unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
                 for i in range(inputs):
                     row = bits[i]
                     if i + 2 < inputs:
@@ -197,6 +202,8 @@ if numba is not None:
                         unit_hist[numba.uint64(offset + u - start) + (k << block_bits)] += 1
                         # Four lanes break the store-to-load chain on runs of one bin.
                         lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
+                if accumulate:
+                    continue
                 # Running sum over bins while the block is still in cache.
                 for k in range(1, bins):
                     row_start = offset + k * _UNIT_BLOCK
@@ -236,7 +243,8 @@ if numba is not None:
                     for u in range(_UNIT_BLOCK):
                         unit_hist[block, k, u] += unit_hist[block, k - 1, u]
 
-    def bin_numba(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None):
+    def bin_numba(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None,
+                  pending: np.ndarray | None = None):
         """Bin ``x`` with the compiled kernels, in parallel over blocks of units."""
         inputs, units = x.shape
         bins = len(thresholds) + 2
@@ -244,9 +252,13 @@ if numba is not None:
         chunks = max(1, min(blocks, numba.get_num_threads()))
         hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
         scratch = {} if scratch is None else scratch
-        unit_hist = _buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
-        lane_hist = _buffer(scratch, "lane_hist", (chunks, inputs, 4, bins), np.int32)
+        lane_hist = reusable_buffer(scratch, "lane_hist", (chunks, inputs, 4, bins), np.int32)
         tables = bucket_tables(thresholds)
+        accumulate = pending is not None and tables is not None
+        if accumulate:
+            unit_hist = pending
+        else:
+            unit_hist = reusable_buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
         if tables is None:
             unit_hist[:] = 0
             lane_hist[:] = 0
@@ -256,10 +268,10 @@ if numba is not None:
             uint, _, mask = _layout(x.dtype)
             _bin_table_kernel(x.view(uint), base, single, uint(shift), mask,
                               unit_hist.reshape(-1), lane_hist.reshape(-1),
-                              _CACHE_LINE // x.itemsize)
-        input_cumulative = _buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
+                              _CACHE_LINE // x.itemsize, accumulate)
+        input_cumulative = reusable_buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
         _sum_lanes(lane_hist, input_cumulative)
-        return unit_hist, input_cumulative
+        return (None if accumulate else unit_hist), input_cumulative
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _sum_lanes(lane_hist, out):
@@ -278,9 +290,9 @@ else:  # pragma: no cover
     bin_numba = None
 
 
-def _buffer(scratch: dict, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+def reusable_buffer(scratch: dict, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """Return ``scratch[key]`` reshaped to ``shape``, allocating it when too small."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buffer = scratch.get(key)
     if buffer is None or buffer.dtype != dtype or buffer.size < size:
         buffer = np.empty(size, dtype=dtype)
@@ -296,8 +308,16 @@ def use_compiled() -> bool:
     return bin_numba is not None and os.environ.get("IUA_WIDGETS_KERNEL", "") != "numpy"
 
 
-def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None):
-    """Bin ``x`` with the fastest available kernel (see the module docstring)."""
+def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None,
+               pending: np.ndarray | None = None):
+    """Bin ``x`` with the fastest available kernel (see the module docstring).
+
+    ``pending`` (from ``new_pending``) may receive the unit counts instead:
+    then, if the compiled table kernel runs, it gains the batch's counts per
+    bin and ``unit_cumulative`` is returned as ``None``. The caller keeps the
+    inputs it holds under ``PENDING_LIMIT`` and moves them to the cache with
+    ``flush_pending``, which saves a pass over the cache per batch.
+    """
     global _warned_fallback
     if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
         bins = len(thresholds) + 2
@@ -306,7 +326,7 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
     if use_compiled():
         x = np.ascontiguousarray(x)
         if x.shape[0] <= _SUB_BATCH:
-            return bin_numba(x, thresholds, scratch)
+            return bin_numba(x, thresholds, scratch, pending)
         parts = [bin_numba(x[s : s + _SUB_BATCH], thresholds)
                  for s in range(0, x.shape[0], _SUB_BATCH)]
         unit_hist = sum(p[0].astype(np.uint32) for p in parts)
@@ -334,7 +354,38 @@ def add_cumulative(cumulative: np.ndarray, unit_cumulative: np.ndarray) -> None:
                casting="unsafe")
 
 
+def can_pend(x: np.ndarray, thresholds: np.ndarray) -> bool:
+    """Return whether ``bin_values`` would put ``x``'s counts into a pending buffer."""
+    return (use_compiled() and x.shape[1] > 0 and x.shape[0] <= PENDING_LIMIT
+            and bucket_tables(thresholds) is not None)
+
+
+def new_pending(bins: int, units: int) -> np.ndarray:
+    """Return an empty pending buffer: uint16 counts per bin, in blocks of units."""
+    return np.zeros((-(-units // _UNIT_BLOCK), bins, _UNIT_BLOCK), dtype=np.uint16)
+
+
+def flush_pending(cumulative: np.ndarray, pending: np.ndarray) -> None:
+    """Add the running sums of ``pending`` to the first ``G`` rows of the cache, then zero it."""
+    if cumulative.shape[1] > 0:
+        _flush_blocks(cumulative, pending)
+
+
 if numba is not None:
+
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def _flush_blocks(cumulative, pending):
+        rows, units = cumulative.shape
+        blocks, bins, _ = pending.shape
+        for block in numba.prange(blocks):
+            start = block * _UNIT_BLOCK
+            width = min(units - start, _UNIT_BLOCK)
+            running = np.zeros(_UNIT_BLOCK, dtype=cumulative.dtype)
+            for j in range(bins):
+                running += pending[block, j]
+                pending[block, j] = 0
+                if j < rows:
+                    cumulative[j, start : start + width] += running[:width]
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _add_blocks(cumulative, blocked):

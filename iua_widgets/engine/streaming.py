@@ -161,33 +161,47 @@ class StreamingIUA:
         with self._lock:
             # Computing under the lock too, because each layer's kernel buffers
             # are reused from batch to batch.
-            prepared = {}
-            for name, array in arrays.items():
-                magnitudes = as_units(
-                    array, self.unit, self.channel_axis, name, float(self.grid[-1])
-                )
-                thresholds = self._thresholds[magnitudes.dtype]
-                scratch = self._scratch.setdefault(name, {})
-                part = LayerStats.compute(magnitudes, thresholds, scratch)
-                if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
-                    # A channel's max only shows that some element is NaN or inf;
-                    # count the values themselves.
-                    part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
-                prepared[name] = part
-            self._apply_prepared(arrays, prepared)
+            prepared: dict[str, tuple[LayerStats, Any]] = {}
+            new_layers: dict[str, LayerStats] = {}
+            try:
+                for name, array in arrays.items():
+                    scratch = self._scratch.setdefault(name, {})
+                    magnitudes = as_units(
+                        array, self.unit, self.channel_axis, name, float(self.grid[-1]), scratch
+                    )
+                    thresholds = self._thresholds[magnitudes.dtype]
+                    layer = self._layers.get(name)
+                    if layer is None:
+                        layer = LayerStats(
+                            name, self._unit_shape(array, name), self.grid, self.start_index,
+                            self.per_input,
+                        )
+                        new_layers[name] = layer
+                    part = layer.compute(magnitudes, thresholds, scratch)
+                    prepared[name] = (layer, part)
+                    if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
+                        # A channel's max only shows that some element is NaN or inf;
+                        # count the values themselves.
+                        part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
+                self._apply_prepared(prepared, new_layers)
+            except BaseException:
+                # Computing may already have stored unit counts (see LayerStats.compute).
+                with deferred_interrupt():
+                    for layer, part in prepared.values():
+                        if not part.applied:
+                            layer.discard(part)
+                raise
         self._finish_update(arrays, inputs)
 
-    def _apply_prepared(self, arrays: dict[str, Any], prepared: dict[str, Any]) -> None:
+    def _apply_prepared(
+        self, prepared: dict[str, tuple[LayerStats, Any]], new_layers: dict[str, LayerStats]
+    ) -> None:
         with deferred_interrupt():
-            for name, array in arrays.items():
-                layer = self._layers.get(name)
-                if layer is None:
-                    layer = LayerStats(
-                        name, self._unit_shape(array, name), self.grid, self.start_index,
-                        self.per_input,
-                    )
+            for name, (layer, part) in prepared.items():
+                if name in new_layers:
                     self._layers[name] = layer
-                layer.apply(prepared[name])
+                layer.apply(part)
+                part.applied = True
 
     def _finish_update(self, arrays: dict[str, Any], inputs: int) -> None:
         with self._lock:
