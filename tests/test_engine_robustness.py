@@ -191,3 +191,20 @@ def test_batch_larger_than_pending_buffer():
     engine.update({"a": batch[10:]})
     expected = np.isclose(batch.astype(np.float64), 0, rtol=1e-5, atol=1e-2).sum(axis=0)
     np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, expected)
+
+
+def test_results_exact_before_and_after_cache_allocation():
+    rng = np.random.default_rng(6)
+    batches = [_relu_batch(rng, 50, 600) for _ in range(3)]
+    engine = StreamingIUA(atol=1e-2)
+    seen = []
+    for position, batch in enumerate(batches):
+        engine.update({"a": batch})
+        seen.append(batch)
+        if position == 1:
+            engine.layer_stats("a").cumulative  # allocates the cache mid-stream
+        whole = np.concatenate(seen).astype(np.float64)
+        for atol in (0.0, 1e-2, 2.0):
+            expected = np.isclose(whole, 0, rtol=1e-5, atol=atol).sum(axis=0)
+            counts = engine.results_at(atol=atol)["a"].unit_inactive_count
+            np.testing.assert_array_equal(counts, expected)

@@ -371,7 +371,23 @@ def flush_pending(cumulative: np.ndarray, pending: np.ndarray) -> None:
         _flush_blocks(cumulative, pending)
 
 
+def pending_row(pending: np.ndarray, index: int, units: int) -> np.ndarray:
+    """Return each unit's pending count in bins ``0`` to ``index`` (grid row ``index``), int64."""
+    return _pending_row(pending, index)[:units]
+
+
 if numba is not None:
+
+    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+    def _pending_row(pending, index):
+        blocks, _, width = pending.shape
+        out = np.zeros(blocks * width, dtype=np.int64)
+        for block in numba.prange(blocks):
+            row = out[block * width : (block + 1) * width]
+            for j in range(index + 1):
+                for u in range(width):
+                    row[u] += pending[block, j, u]
+        return out
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _flush_blocks(cumulative, pending):

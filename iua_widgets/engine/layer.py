@@ -15,6 +15,7 @@ from .kernels import (
     flush_pending,
     from_blocks,
     new_pending,
+    pending_row,
     reusable_buffer,
 )
 
@@ -155,7 +156,8 @@ class LayerStats:
         self.per_input = per_input
         self.inputs = 0
         self.nonfinite = 0
-        self._cumulative = np.zeros((len(grid), self.units), dtype=np.uint32)
+        # Allocated when first needed: until then every count may be pending.
+        self._cumulative: np.ndarray | None = None
         self.count_sums = [0] * len(grid)
         self.count_square_sums = [0] * len(grid)
         self._input_counts: list[np.ndarray] = []
@@ -167,8 +169,9 @@ class LayerStats:
     @property
     def cumulative(self) -> np.ndarray:
         """``(G, units)`` counts of inputs within each grid threshold, all batches included."""
-        self.flush()
-        return self._cumulative
+        with self._lock:
+            self._flush_locked()
+            return self._cache_locked()
 
     @cumulative.setter
     def cumulative(self, value: np.ndarray) -> None:
@@ -182,9 +185,15 @@ class LayerStats:
         with self._lock:
             self._flush_locked()
 
+    def _cache_locked(self) -> np.ndarray:
+        if self._cumulative is None:
+            dtype = np.int64 if self.inputs > _UINT32_LIMIT else np.uint32
+            self._cumulative = np.zeros((len(self.grid), self.units), dtype=dtype)
+        return self._cumulative
+
     def _flush_locked(self) -> None:
         if self._pending_inputs:
-            flush_pending(self._cumulative, self._pending)
+            flush_pending(self._cache_locked(), self._pending)
             self._pending_inputs = 0
 
     def compute(
@@ -223,17 +232,19 @@ class LayerStats:
             # Wherever its counts are now, after a flush they are in the cache.
             self._flush_locked()
             batch, _ = bin_values(part.magnitudes, part.thresholds)
-            rows = self._cumulative.shape[0]
-            np.subtract(self._cumulative, from_blocks(batch, self.units)[:rows],
-                        out=self._cumulative, casting="unsafe")
+            cache = self._cache_locked()
+            np.subtract(cache, from_blocks(batch, self.units)[: cache.shape[0]],
+                        out=cache, casting="unsafe")
 
     def apply(self, part: BatchContribution) -> None:
         """Add one computed batch to the statistics."""
         with self._lock:
-            if self.inputs + part.inputs > _UINT32_LIMIT and self._cumulative.dtype == np.uint32:
-                self._cumulative = self._cumulative.astype(np.int64)
+            cache = self._cumulative
+            if (cache is not None and cache.dtype == np.uint32
+                    and self.inputs + part.inputs > _UINT32_LIMIT):
+                self._cumulative = cache.astype(np.int64)
             if part.unit_cumulative is not None:
-                add_cumulative(self._cumulative, part.unit_cumulative)
+                add_cumulative(self._cache_locked(), part.unit_cumulative)
         counts = part.input_counts
         sums = counts.sum(axis=0)
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.
@@ -267,9 +278,22 @@ class LayerStats:
 
     def unit_counts_at(self, index: int) -> np.ndarray:
         """Per-unit inactive counts at grid threshold ``index``, int64, in the unit shape."""
-        return self.cumulative[index].astype(np.int64).reshape(self.unit_shape)
+        with self._lock:
+            if self._cumulative is None and self._pending_inputs:
+                # Summing the pending bins spares allocating the cache for one row.
+                counts = pending_row(self._pending, index, self.units)
+            else:
+                self._flush_locked()
+                counts = self._cache_locked()[index].astype(np.int64)
+        return counts.reshape(self.unit_shape)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache, per-input detail included."""
+        """Bytes held by the cache, per-input detail included.
+
+        A cache not allocated yet counts as allocated, so that the figure
+        does not jump when it is.
+        """
         detail = sum(c.nbytes for c in self._input_counts)
-        return int(self._cumulative.nbytes + detail)
+        cache = self._cumulative
+        cache_bytes = cache.nbytes if cache is not None else len(self.grid) * self.units * 4
+        return int(cache_bytes + detail)
