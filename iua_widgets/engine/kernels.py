@@ -371,12 +371,31 @@ def flush_pending(cumulative: np.ndarray, pending: np.ndarray) -> None:
         _flush_blocks(cumulative, pending)
 
 
+def count_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the int64 column sums of ``counts`` and of its squares (callers rule out overflow)."""
+    if use_compiled():
+        return _count_moments(counts)
+    return counts.sum(axis=0), (counts * counts).sum(axis=0)
+
+
 def pending_row(pending: np.ndarray, index: int, units: int) -> np.ndarray:
     """Return each unit's pending count in bins ``0`` to ``index`` (grid row ``index``), int64."""
     return _pending_row(pending, index)[:units]
 
 
 if numba is not None:
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def _count_moments(counts):
+        inputs, columns = counts.shape
+        sums = np.zeros(columns, dtype=np.int64)
+        squares = np.zeros(columns, dtype=np.int64)
+        for i in range(inputs):
+            for j in range(columns):
+                value = counts[i, j]
+                sums[j] += value
+                squares[j] += value * value
+        return sums, squares
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _pending_row(pending, index):

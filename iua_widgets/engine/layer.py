@@ -11,6 +11,7 @@ from .kernels import (
     PENDING_LIMIT,
     add_cumulative,
     bin_values,
+    count_moments,
     can_pend,
     flush_pending,
     from_blocks,
@@ -161,6 +162,8 @@ class LayerStats:
         self.count_sums = [0] * len(grid)
         self.count_square_sums = [0] * len(grid)
         self._input_counts: list[np.ndarray] = []
+        # (list, pieces counted, their bytes), see _detail_nbytes.
+        self._detail_counted: tuple[list, int, int] = (self._input_counts, 0, 0)
         self._pending: np.ndarray | None = None
         self._pending_inputs = 0
         # Guards the cache and the pending buffer against a read from another thread.
@@ -246,11 +249,11 @@ class LayerStats:
             if part.unit_cumulative is not None:
                 add_cumulative(self._cache_locked(), part.unit_cumulative)
         counts = part.input_counts
-        sums = counts.sum(axis=0)
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.
         if self.units * self.units * max(part.inputs, 1) < 2**62:
-            square_sums = (counts * counts).sum(axis=0)
+            sums, square_sums = count_moments(counts)
         else:
+            sums = counts.sum(axis=0)
             square_sums = (counts.astype(object) ** 2).sum(axis=0)
         # tolist() gives Python ints, which have no fixed width to overflow.
         self.count_sums = [a + b for a, b in zip(self.count_sums, sums.tolist(), strict=True)]
@@ -276,6 +279,16 @@ class LayerStats:
             return np.concatenate(self._input_counts)
         return None
 
+    def _detail_nbytes(self) -> int:
+        # The budget check reads this on every batch, so only new pieces are summed.
+        pieces = self._input_counts
+        known, counted, total = self._detail_counted
+        if known is not pieces or counted > len(pieces):
+            counted, total = 0, 0
+        total += sum(piece.nbytes for piece in pieces[counted:])
+        self._detail_counted = (pieces, len(pieces), total)
+        return total
+
     def unit_counts_at(self, index: int) -> np.ndarray:
         """Per-unit inactive counts at grid threshold ``index``, int64, in the unit shape."""
         with self._lock:
@@ -293,7 +306,7 @@ class LayerStats:
         A cache not allocated yet counts as allocated, so that the figure
         does not jump when it is.
         """
-        detail = sum(c.nbytes for c in self._input_counts)
+        detail = self._detail_nbytes()
         cache = self._cumulative
         cache_bytes = cache.nbytes if cache is not None else len(self.grid) * self.units * 4
         return int(cache_bytes + detail)
