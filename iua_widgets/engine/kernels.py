@@ -21,10 +21,11 @@ arrays are views into it, valid until the next call with that ``scratch``.
 
 The numba kernel finds a value's bin from its bit pattern: for non-negative
 IEEE floats, integer order of the bits is numeric order, so the top bits
-(exponent and a few mantissa bits) index a table giving the number of
-thresholds below that bucket, and one integer comparison against the single
-threshold inside the bucket (if any) finishes the job. When numba is missing
-a numpy kernel gives the same counts, after a one-time warning.
+(exponent and a few mantissa bits, rounded up) index a table giving the
+number of thresholds below that bucket. Only in the few buckets with a
+threshold strictly inside does one integer comparison against it finish the
+job. When numba is missing a numpy kernel gives the same counts, after a
+one-time warning.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ except ImportError:  # pragma: no cover - exercised by forcing the numpy path
 _SUB_BATCH = 65535
 #: Most inputs a pending buffer may hold, so its uint16 counts cannot overflow.
 PENDING_LIMIT = 65535
-#: Units binned by one thread before it moves on (``2**_BLOCK_BITS``), sized
-#: to keep the block's counters in L1.
+#: Units binned by one thread before it takes the next block (``2**_BLOCK_BITS``),
+#: sized to keep the block's counters in L1.
 _BLOCK_BITS = 8
 _UNIT_BLOCK = 1 << _BLOCK_BITS
 #: Bytes per cache line, the prefetch step.
@@ -69,35 +70,44 @@ def _layout(dtype: np.dtype):
     return np.uint64, 52, np.uint64(0x7FFFFFFFFFFFFFFF)
 
 
+#: Flag in a bucket's table entry: a threshold lies strictly inside the bucket.
+_INSIDE = 0x8000
+
+
 @functools.lru_cache(maxsize=32)
 def _bucket_tables_cached(threshold_bytes: bytes, dtype_str: str):
     dtype = np.dtype(dtype_str)
     thresholds = np.frombuffer(threshold_bytes, dtype=dtype)
-    uint, mantissa_bits, _ = _layout(dtype)
-    bits = thresholds.view(uint)
-    count = len(thresholds)
-    infinity_bits = np.array([np.inf], dtype=dtype).view(uint)[0]
-    # Start with few mantissa bits per bucket (6 for float32, 3 for float64) to
-    # keep the tables small. The 1-2-5 grid puts at most one threshold in a
-    # bucket, but an atol close to a grid value may need finer buckets.
+    uint, mantissa_bits, mask = _layout(dtype)
+    # The largest finite value closes the last finite bin, so NaN and inf,
+    # whose bit patterns lie above it, land in bin len(thresholds) + 1.
+    largest = np.array([np.finfo(dtype).max], dtype=dtype)
+    bits = np.concatenate([thresholds, largest]).view(uint).astype(np.uint64)
+    # Bucket b contains the bit patterns in ((b - 1) * size, b * size], found as
+    # (a + size - 1) >> shift. A threshold on a bucket's upper end, like 0, then
+    # needs no comparison. Start with few mantissa bits per bucket (6 for
+    # float32, 3 for float64) to keep the tables small: the 1-2-5 grid puts at
+    # most one threshold inside a bucket, but an atol close to a grid value
+    # may need finer buckets.
     for kept_bits in range(3 if dtype == np.float64 else 6, 11):
         shift = mantissa_bits - kept_bits
-        buckets = 1 << (8 * np.dtype(uint).itemsize - 1 - shift)
-        lower = (np.arange(buckets, dtype=np.uint64) << np.uint64(shift)).astype(uint)
-        upper = np.append(lower[1:], np.iinfo(uint).max).astype(uint)
-        below = np.searchsorted(bits, lower, side="left")
+        size = 1 << shift
+        buckets = ((int(mask) + size - 1) >> shift) + 1
+        upper = np.arange(buckets, dtype=np.uint64) << np.uint64(shift)
+        lower = np.maximum(upper, np.uint64(size)) - np.uint64(size)
+        below = np.searchsorted(bits, lower, side="right")
         inside = np.searchsorted(bits, upper, side="left") - below
+        below[0], inside[0] = 0, 0  # bucket 0 contains the bit pattern 0 alone
         if inside.max() <= 1:
             break
     else:
         return None
-    base = below.astype(np.uint8)
-    single = np.full(buckets, np.iinfo(uint).max, dtype=uint)
-    single[inside == 1] = bits[below[inside == 1]]
-    nonfinite = lower >= infinity_bits
-    base[nonfinite] = count + 1
-    single[nonfinite] = np.iinfo(uint).max
-    return base, single, np.int64(shift)
+    table = below.astype(np.uint16)
+    flagged = inside == 1
+    table[flagged] |= _INSIDE
+    single = np.zeros(buckets, dtype=uint)
+    single[flagged] = bits[below[flagged]]
+    return table, single, uint(shift), uint(size - 1)
 
 
 def bucket_tables(thresholds: np.ndarray):
@@ -164,51 +174,57 @@ if numba is not None:
         return types.void(array, index), codegen
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _bin_table_kernel(bits, base, single, shift, mask, unit_hist, lane_hist, line, accumulate):
-        # unit_hist is (blocks, bins, BLOCK) and lane_hist (chunks, inputs, 4, bins),
-        # both flattened. With accumulate, unit_hist keeps its counts and gains this
-        # batch's per-bin counts, otherwise it becomes this batch's running sums. Unsigned flat indices spare numba's negative-index checks,
-        # which cost a third of the time of this loop. A power-of-two block turns
-        # the bin's row offset into a shift.
+    def _bin_table_kernel(bits, table, single, shift, bias, mask, unit_hist, lane_hist, line,
+                          accumulate):
+        # unit_hist is (blocks, bins, BLOCK) and lane_hist (threads, inputs, 4, bins),
+        # both flattened, lane_hist zeroed. With accumulate, unit_hist keeps its
+        # counts and gains this batch's per-bin counts, otherwise it becomes this
+        # batch's running sums. Unsigned flat indices spare numba's negative-index
+        # checks, which cost a third of the time of this loop.
         inputs, units = bits.shape
         blocks = (units + _UNIT_BLOCK - 1) >> _BLOCK_BITS
         bins = unit_hist.shape[0] // (blocks * _UNIT_BLOCK)
-        chunks = lane_hist.shape[0] // (inputs * 4 * bins)
-        per_chunk = (blocks + chunks - 1) // chunks
-        block_bits = numba.uint64(_BLOCK_BITS)
         lane_stride = numba.uint64(bins)
-        for c in numba.prange(chunks):
-            lane_hist[c * inputs * 4 * bins : (c + 1) * inputs * 4 * bins] = 0
-            for block in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
-                start = block * _UNIT_BLOCK
-                stop = min(units, start + _UNIT_BLOCK)
-                offset = block * bins * _UNIT_BLOCK
-                if not accumulate:
-                    unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
-                for i in range(inputs):
-                    row = bits[i]
-                    if i + 2 < inputs:
-                        # Successive rows of a block are a whole row apart, so the hardware
-                        # prefetcher misses them. Prefetching measured 5 to 15 % faster.
-                        ahead = bits[i + 2]
-                        for u in range(start, stop, line):
-                            _prefetch(ahead, u)
-                    lanes = numba.uint64((c * inputs + i) * 4 * bins)
-                    for u in range(start, stop):
-                        unit = numba.uint64(u)
-                        a = row[unit] & mask
-                        b = a >> shift
-                        k = numba.uint64(base[b]) + numba.uint64(single[b] < a)
-                        unit_hist[numba.uint64(offset + u - start) + (k << block_bits)] += 1
-                        # Four lanes break the store-to-load chain on runs of one bin.
-                        lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
-                if accumulate:
-                    continue
-                # Running sum over bins while the block is still in cache.
-                for k in range(1, bins):
-                    row_start = offset + k * _UNIT_BLOCK
-                    for u in range(_UNIT_BLOCK):
-                        unit_hist[row_start + u] += unit_hist[row_start - _UNIT_BLOCK + u]
+        # bin_numba hands blocks one at a time to whichever thread is free, so
+        # lanes are per thread.
+        for block in numba.prange(blocks):
+            c = numba.get_thread_id()
+            start = block * _UNIT_BLOCK
+            stop = min(units, start + _UNIT_BLOCK)
+            offset = block * bins * _UNIT_BLOCK
+            if not accumulate:
+                unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
+            for i in range(inputs):
+                row = bits[i]
+                if i + 2 < inputs:
+                    # Successive rows of a block are a whole row apart, so the hardware
+                    # prefetcher misses them. Prefetching measured 5 to 15 % faster.
+                    ahead = bits[i + 2]
+                    for u in range(start, stop, line):
+                        _prefetch(ahead, u)
+                lanes = numba.uint64((c * inputs + i) * 4 * bins)
+                for u in range(start, stop):
+                    unit = numba.uint64(u)
+                    a = row[unit] & mask
+                    b = (a + bias) >> shift
+                    entry = table[b]
+                    k = numba.uint64(entry)
+                    if entry >= _INSIDE:
+                        # A threshold inside the bucket: rare, so a branch beats
+                        # loading and comparing for every value.
+                        k = numba.uint64(entry & (_INSIDE - 1))
+                        k += numba.uint64(single[b] < a)
+                    position = numba.uint64(offset + u - start) + k * numba.uint64(_UNIT_BLOCK)
+                    unit_hist[position] += 1
+                    # Four lanes break the store-to-load chain on runs of one bin.
+                    lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
+            if accumulate:
+                continue
+            # Running sum over bins while the block is still in cache.
+            for k in range(1, bins):
+                row_start = offset + k * _UNIT_BLOCK
+                for u in range(_UNIT_BLOCK):
+                    unit_hist[row_start + u] += unit_hist[row_start - _UNIT_BLOCK + u]
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _bin_search_kernel(x, thresholds, unit_hist, lane_hist):
@@ -252,7 +268,9 @@ if numba is not None:
         chunks = max(1, min(blocks, numba.get_num_threads()))
         hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
         scratch = {} if scratch is None else scratch
-        lane_hist = reusable_buffer(scratch, "lane_hist", (chunks, inputs, 4, bins), np.int32)
+        threads = numba.get_num_threads()
+        lane_hist = reusable_buffer(scratch, "lane_hist", (threads, inputs, 4, bins), np.int32)
+        lane_hist[:] = 0
         tables = bucket_tables(thresholds)
         accumulate = pending is not None and tables is not None
         if accumulate:
@@ -261,21 +279,26 @@ if numba is not None:
             unit_hist = reusable_buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
         if tables is None:
             unit_hist[:] = 0
-            lane_hist[:] = 0
-            _bin_search_kernel(x, thresholds, unit_hist, lane_hist)
+            _bin_search_kernel(x, thresholds, unit_hist, lane_hist[:chunks])
         else:
-            base, single, shift = tables
+            table, single, shift, bias = tables
             uint, _, mask = _layout(x.dtype)
-            _bin_table_kernel(x.view(uint), base, single, uint(shift), mask,
-                              unit_hist.reshape(-1), lane_hist.reshape(-1),
-                              _CACHE_LINE // x.itemsize, accumulate)
+            # One block at a time to whichever thread is free, so that a core
+            # slowed by other work does not hold the batch back.
+            previous = numba.set_parallel_chunksize(1)
+            try:
+                _bin_table_kernel(x.view(uint), table, single, shift, bias, mask,
+                                  unit_hist.reshape(-1), lane_hist.reshape(-1),
+                                  _CACHE_LINE // x.itemsize, accumulate)
+            finally:
+                numba.set_parallel_chunksize(previous)
         input_cumulative = reusable_buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
         _sum_lanes(lane_hist, input_cumulative)
         return (None if accumulate else unit_hist), input_cumulative
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _sum_lanes(lane_hist, out):
-        # out[i, k]: inputs' counts in bin k or below, over chunks and lanes.
+        # out[i, k]: inputs' counts in bin k or below, over threads and lanes.
         chunks, inputs, lanes, bins = lane_hist.shape
         for i in range(inputs):
             row = out[i]
