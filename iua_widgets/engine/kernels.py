@@ -338,8 +338,9 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
     ``pending`` (from ``new_pending``) may receive the unit counts instead:
     then, if the compiled table kernel runs, it gains the batch's counts per
     bin and ``unit_cumulative`` is returned as ``None``. The caller keeps the
-    inputs it holds under ``PENDING_LIMIT`` and moves them to the cache with
-    ``flush_pending``, which saves a pass over the cache per batch.
+    number of inputs in the buffer under ``PENDING_LIMIT`` and moves the
+    counts to the cache with ``flush_pending``, which saves a pass over the
+    cache per batch.
     """
     global _warned_fallback
     if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
