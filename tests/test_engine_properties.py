@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -49,6 +50,10 @@ def streams(draw):
     unit_shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))
     inputs = draw(st.integers(1, 12))
     array = draw(hnp.arrays(dtype, (inputs, *unit_shape), elements=elements(dtype)))
+    # Zero-heavy batches, as ReLU gives, take the kernel that skips zeros.
+    zero_share = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    array[rng.random(array.shape) < zero_share] = 0
     cuts = sorted(draw(st.lists(st.integers(0, inputs), max_size=4)))
     bounds = [0, *cuts, inputs]
     batches = [{"layer": array[a:b]} for a, b in zip(bounds, bounds[1:])]
@@ -120,3 +125,26 @@ def test_numpy_kernel_equals_compiled(case):
     np.testing.assert_array_equal(a.unit_inactive_count, b.unit_inactive_count)
     np.testing.assert_array_equal(a.inactive, b.inactive)
     assert a.nonfinite == b.nonfinite
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("zero_share", [0.0, 0.3, 0.5, 0.95, 1.0])
+def test_zero_heavy_batches_equal_brute_force(dtype, zero_share):
+    rng = np.random.default_rng(7)
+    shape = (120, 777)  # several unit blocks and 64-unit words, with partial tails
+    values = rng.standard_normal(shape) * 10.0 ** rng.integers(-13, 3, shape)
+    values[rng.random(shape) < zero_share] = 0
+    values[::7] = np.where(rng.random(values[::7].shape) < 0.5, -0.0, values[::7])
+    values.flat[::101] = np.nan
+    values.flat[::103] = -np.inf
+    values.flat[::107] = 1e-3  # on a grid threshold
+    batches = [{"layer": part.astype(dtype)} for part in np.array_split(values, 3)]
+    engine = StreamingIUA(atol=1e-3)
+    for batch in batches:
+        engine.update(batch)
+    for atol in (0.0, 1e-12, 1e-3, 1.0):
+        with np.errstate(invalid="ignore"):
+            want = brute_force(batches, atol)["layer"]
+        got = engine.results_at(atol=atol)["layer"]
+        np.testing.assert_array_equal(got.unit_inactive_count, want["unit"])
+        np.testing.assert_array_equal(got.inactive, want["inactive"])
