@@ -328,7 +328,10 @@ if numba is not None:
         scratch = {} if scratch is None else scratch
         threads = numba.get_num_threads()
         lane_hist = reusable_buffer(scratch, "lane_hist", (threads, inputs, 4, bins), np.int32)
-        lane_hist[:] = 0
+        # _sum_lanes leaves the lanes it read zeroed for the next batch.
+        if scratch.get("lanes_zeroed") is not lane_hist.base:
+            lane_hist[:] = 0
+        scratch["lanes_zeroed"] = None
         tables = bucket_tables(thresholds)
         accumulate = pending is not None and tables is not None
         if accumulate:
@@ -353,11 +356,13 @@ if numba is not None:
                 numba.set_parallel_chunksize(previous)
         input_cumulative = reusable_buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
         _sum_lanes(lane_hist, input_cumulative)
+        scratch["lanes_zeroed"] = lane_hist.base
         return (None if accumulate else unit_hist), input_cumulative
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _sum_lanes(lane_hist, out):
         # out[i, k]: inputs' counts in bin k or below, over threads and lanes.
+        # The lanes are zeroed on the way, ready for the next batch.
         chunks, inputs, lanes, bins = lane_hist.shape
         for i in range(inputs):
             row = out[i]
@@ -365,6 +370,7 @@ if numba is not None:
             for c in range(chunks):
                 for lane in range(lanes):
                     row += lane_hist[c, i, lane]
+                    lane_hist[c, i, lane] = 0
             for k in range(1, bins):
                 row[k] += row[k - 1]
 
@@ -378,8 +384,8 @@ _SPARSE_FROM = 0.45
 
 
 def _mostly_zeros(x: np.ndarray) -> bool:
-    """Estimate from four rows whether a batch has enough exact zeros for the sparse kernel."""
-    sample = x[:: max(1, x.shape[0] // 4)][:4]
+    """Estimate from two rows whether a batch has enough exact zeros for the sparse kernel."""
+    sample = x[:: max(1, x.shape[0] // 2)][:2]
     return np.count_nonzero(sample == 0) >= _SPARSE_FROM * sample.size
 
 
