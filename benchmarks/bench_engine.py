@@ -76,19 +76,22 @@ def ingest_row(label, arrays, batch_size, repeats, unit="element"):
         "theirs": lambda: DNIKitIUA.introspect(dnikit_producer(arrays), batch_size=batch_size),
         "plain": lambda: plain_count(arrays, batch_size, 1e-8),
     }
-    # One untimed run each, then the repeats in turn, so that a change in the
-    # machine's load during the row affects all three alike.
+    # One untimed run each, then the repeats in turn. Each ratio is the median
+    # of the ratios of neighbouring runs, so that a change in the machine's
+    # load during the row affects both sides of a ratio alike.
     times = {name: [] for name in contenders}
     for _ in range(repeats + 1):
         for name, function in contenders.items():
             times[name].append(median_seconds(function, 1))
-    ours, theirs, plain = (statistics.median(t[1:]) for t in times.values())
+    ours, theirs, plain = (np.array(t[1:]) for t in times.values())
     values = sum(a.size for a in arrays.values())
+    vs_dnikit = float(np.median(theirs / ours))
+    vs_plain = float(np.median(plain / ours))
     print(
-        f"{label:<34} {values / ours / 1e6:9.0f} {values / theirs / 1e6:9.0f} "
-        f"{values / plain / 1e6:9.0f} {theirs / ours:9.2f}x {plain / ours:9.2f}x"
+        f"{label:<34} {values / np.median(ours) / 1e6:9.0f} {values / np.median(theirs) / 1e6:9.0f} "
+        f"{values / np.median(plain) / 1e6:9.0f} {vs_dnikit:9.2f}x {vs_plain:9.2f}x"
     )
-    return theirs / ours
+    return vs_dnikit
 
 
 def first_call_seconds() -> tuple[float, float]:
@@ -114,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and inputs")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 9
     inputs = 512 if args.quick else 2048
     rng = np.random.default_rng(0)
 
