@@ -153,10 +153,12 @@ def main() -> None:
     print("\n== Memory ==")
     stats = engine.layer_stats("layer0")
     grid = len(engine.grid)
-    per_unit = stats.cumulative.nbytes / stats.units
+    detail = 2 * grid * 256  # per_input='grid' detail of the 256 inputs
+    per_unit = (stats.nbytes() - detail) / stats.units
     print(f"grid thresholds: {grid}")
-    print(f"cache per unit (table and heatmap statistics): {per_unit:.0f} B "
-          "(independent of the number of inputs; 8 B per threshold past 2**32 inputs)")
+    print(f"cache per unit (table and heatmap statistics): {per_unit:.0f} B, "
+          f"uint16 low and high counts per bin, {grid + 2} bins "
+          "(independent of the number of inputs up to about 2**31, then 10 B per bin)")
     print(f"per input per layer, per_input='grid': {2 * grid} B below 65,536 units, "
           f"{4 * grid} B from 65,536; 'start': 8 B; 'none': 0 B")
     print(f"engine.nbytes() for 4 x 262,144 units and 256 inputs: {engine.nbytes() / 2**20:.1f} MiB")

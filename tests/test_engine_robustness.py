@@ -138,8 +138,8 @@ def _relu_batch(rng, inputs, units):
     return np.maximum(rng.standard_normal((inputs, units), dtype=np.float32), 0)
 
 
-@pytest.mark.parametrize("flush_first", [False, True])
-def test_failure_after_binning_takes_counts_back(monkeypatch, flush_first):
+@pytest.mark.parametrize("read_first", [False, True])
+def test_failure_after_binning_takes_counts_back(monkeypatch, read_first):
     rng = np.random.default_rng(3)
     first = {"a": _relu_batch(rng, 40, 300), "b": _relu_batch(rng, 40, 5)}
     engine = StreamingIUA(atol=1e-2)
@@ -148,8 +148,8 @@ def test_failure_after_binning_takes_counts_back(monkeypatch, flush_first):
 
     def compute_then_fail(self, magnitudes, thresholds, scratch=None):
         if self.name == "b":
-            if flush_first:  # a reader in another thread may flush in between
-                engine.layer_stats("a").flush()
+            if read_first:  # a reader in another thread may look in between
+                engine.layer_stats("a").cumulative
             raise MemoryError("simulated")
         return original(self, magnitudes, thresholds, scratch)
 
@@ -208,3 +208,39 @@ def test_results_exact_before_and_after_cache_allocation():
             expected = np.isclose(whole, 0, rtol=1e-5, atol=atol).sum(axis=0)
             counts = engine.results_at(atol=atol)["a"].unit_inactive_count
             np.testing.assert_array_equal(counts, expected)
+
+
+def test_counts_exact_when_high_part_turns_int64(monkeypatch):
+    monkeypatch.setattr(layer_module, "_HIGH16_LIMIT", 50_000)
+    engine = StreamingIUA(atol=1e-2)
+    before = None
+    for _ in range(3):
+        engine.update({"a": np.zeros((30_000, 3), np.float32)})
+        before = before or engine.nbytes()
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, [90_000] * 3)
+    assert engine.nbytes() > before  # 8-byte high counts from here on
+
+
+def test_failure_after_carry_takes_counts_back(monkeypatch):
+    rng = np.random.default_rng(8)
+    first = {"a": _relu_batch(rng, 40_000, 3), "b": _relu_batch(rng, 40_000, 2)}
+    engine = StreamingIUA(atol=1e-2)
+    engine.update(first)
+    original = layer_module.LayerStats.compute
+
+    def compute_then_fail(self, magnitudes, thresholds, scratch=None):
+        if self.name == "b":
+            raise MemoryError("simulated")
+        return original(self, magnitudes, thresholds, scratch)
+
+    monkeypatch.setattr(layer_module.LayerStats, "compute", compute_then_fail)
+    with pytest.raises(MemoryError):  # layer a carries its counts before binning this batch
+        engine.update({"a": _relu_batch(rng, 30_000, 3), "b": _relu_batch(rng, 30_000, 2)})
+    monkeypatch.setattr(layer_module.LayerStats, "compute", original)
+    engine.update({"a": first["a"][:5], "b": first["b"][:5]})
+
+    whole = np.concatenate([first["a"], first["a"][:5]]).astype(np.float64)
+    for atol in (0.0, 1e-2, 1.0):
+        expected = np.isclose(whole, 0, rtol=1e-5, atol=atol).sum(axis=0)
+        counts = engine.results_at(atol=atol)["a"].unit_inactive_count
+        np.testing.assert_array_equal(counts, expected)

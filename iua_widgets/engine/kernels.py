@@ -32,8 +32,8 @@ missing a numpy kernel gives the same counts, after a one-time warning.
 from __future__ import annotations
 
 import functools
-import math
 import logging
+import math
 import os
 import warnings
 
@@ -53,8 +53,6 @@ except ImportError:  # pragma: no cover - exercised by forcing the numpy path
 
 #: Inputs per kernel call, so per-batch unit counts fit uint16.
 _SUB_BATCH = 65535
-#: Most inputs a pending buffer may hold, so its uint16 counts cannot overflow.
-PENDING_LIMIT = 65535
 #: Units binned by one thread before it takes the next block (``2**_BLOCK_BITS``),
 #: sized to keep the block's counters in L1.
 _BLOCK_BITS = 8
@@ -88,7 +86,7 @@ def _bucket_tables_cached(threshold_bytes: bytes, dtype_str: str):
     # Bucket b contains the bit patterns in ((b - 1) * size, b * size], found as
     # (a + size - 1) >> shift. A threshold on a bucket's upper end, like 0, then
     # needs no comparison. Start with few mantissa bits per bucket (6 for
-    # float32, 3 for float64) to keep the tables small: the 1-2-5 grid puts at
+    # float32, 3 for float64) to keep the tables small. The 1-2-5 grid puts at
     # most one threshold inside a bucket, but an atol close to a grid value
     # may need finer buckets.
     for kept_bits in range(3 if dtype == np.float64 else 6, 11):
@@ -318,7 +316,7 @@ if numba is not None:
                         unit_hist[block, k, u] += unit_hist[block, k - 1, u]
 
     def bin_numba(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None,
-                  pending: np.ndarray | None = None):
+                  bin_counts: np.ndarray | None = None):
         """Bin ``x`` with the compiled kernels, in parallel over blocks of units."""
         inputs, units = x.shape
         bins = len(thresholds) + 2
@@ -333,9 +331,9 @@ if numba is not None:
             lane_hist[:] = 0
         scratch["lanes_zeroed"] = None
         tables = bucket_tables(thresholds)
-        accumulate = pending is not None and tables is not None
+        accumulate = bin_counts is not None and tables is not None
         if accumulate:
-            unit_hist = pending
+            unit_hist = bin_counts
         else:
             unit_hist = reusable_buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
         if tables is None:
@@ -408,15 +406,14 @@ def use_compiled() -> bool:
 
 
 def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None,
-               pending: np.ndarray | None = None):
+               bin_counts: np.ndarray | None = None):
     """Bin ``x`` with the fastest available kernel (see the module docstring).
 
-    ``pending`` (from ``new_pending``) may receive the unit counts instead:
-    then, if the compiled table kernel runs, it gains the batch's counts per
-    bin and ``unit_cumulative`` is returned as ``None``. The caller keeps the
-    number of inputs in the buffer under ``PENDING_LIMIT`` and moves the
-    counts to the cache with ``flush_pending``, which saves a pass over the
-    cache per batch.
+    ``bin_counts`` (from ``new_bin_counts``, uint16 counts per bin) may receive
+    the unit counts instead: then, if ``can_add_to_bins`` is true, the
+    compiled table kernel adds the batch's counts per bin to it and
+    ``unit_cumulative`` is returned as ``None``. The caller keeps every count
+    in it below 2**16.
     """
     global _warned_fallback
     if x.shape[1] == 0:  # a layer without units: every input has 0 inactive units
@@ -426,7 +423,7 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
     if use_compiled():
         x = np.ascontiguousarray(x)
         if x.shape[0] <= _SUB_BATCH:
-            return bin_numba(x, thresholds, scratch, pending)
+            return bin_numba(x, thresholds, scratch, bin_counts)
         parts = [bin_numba(x[s : s + _SUB_BATCH], thresholds)
                  for s in range(0, x.shape[0], _SUB_BATCH)]
         unit_hist = sum(p[0].astype(np.uint32) for p in parts)
@@ -442,33 +439,14 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
     return bin_numpy(x, thresholds)
 
 
-def add_cumulative(cumulative: np.ndarray, unit_cumulative: np.ndarray) -> None:
-    """Add the first ``G`` rows of a batch's blocked ``unit_cumulative`` to the cache in place."""
-    if use_compiled() and cumulative.shape[1] > 0:
-        # numpy's mixed uint32 += uint16 add goes through casting buffers and
-        # took a quarter of the ingest time; the compiled loop widens in place.
-        _add_blocks(cumulative, unit_cumulative)
-    else:
-        rows, units = cumulative.shape
-        np.add(cumulative, from_blocks(unit_cumulative, units)[:rows], out=cumulative,
-               casting="unsafe")
+def can_add_to_bins(x: np.ndarray, thresholds: np.ndarray) -> bool:
+    """Return whether ``bin_values`` would add ``x``'s counts to ``bin_counts``."""
+    return use_compiled() and x.shape[1] > 0 and bucket_tables(thresholds) is not None
 
 
-def can_pend(x: np.ndarray, thresholds: np.ndarray) -> bool:
-    """Return whether ``bin_values`` would put ``x``'s counts into a pending buffer."""
-    return (use_compiled() and x.shape[1] > 0 and x.shape[0] <= PENDING_LIMIT
-            and bucket_tables(thresholds) is not None)
-
-
-def new_pending(bins: int, units: int) -> np.ndarray:
-    """Return an empty pending buffer: uint16 counts per bin, in blocks of units."""
+def new_bin_counts(bins: int, units: int) -> np.ndarray:
+    """Return zeroed uint16 counts per bin, in blocks of units (``bin_values``'s layout)."""
     return np.zeros((-(-units // _UNIT_BLOCK), bins, _UNIT_BLOCK), dtype=np.uint16)
-
-
-def flush_pending(cumulative: np.ndarray, pending: np.ndarray) -> None:
-    """Add the running sums of ``pending`` to the first ``G`` rows of the cache, then zero it."""
-    if cumulative.shape[1] > 0:
-        _flush_blocks(cumulative, pending)
 
 
 def count_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -478,9 +456,21 @@ def count_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts.sum(axis=0), (counts * counts).sum(axis=0)
 
 
-def pending_row(pending: np.ndarray, index: int, units: int) -> np.ndarray:
-    """Return each unit's pending count in bins ``0`` to ``index`` (grid row ``index``), int64."""
-    return _pending_row(pending, index)[:units]
+def bin_prefix(low: np.ndarray, high: np.ndarray | None, index: int, carry_bits: int) -> np.ndarray:
+    """Return each unit's count in bins ``0`` to ``index`` (grid row ``index``), int64.
+
+    The counts per bin are ``(high << carry_bits) + low`` in the blocked
+    layout, and ``high`` may be ``None`` for zero. The result is in unit
+    order, padded to whole blocks.
+    """
+    if use_compiled():
+        if high is None:
+            return _bin_prefix(low, low, index, carry_bits, False)
+        return _bin_prefix(low, high, index, carry_bits, True)
+    total = low[:, : index + 1].astype(np.int64).sum(axis=1)
+    if high is not None:
+        total += high[:, : index + 1].astype(np.int64).sum(axis=1) << carry_bits
+    return total.reshape(-1)
 
 
 if numba is not None:
@@ -498,39 +488,17 @@ if numba is not None:
         return sums, squares
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _pending_row(pending, index):
-        blocks, _, width = pending.shape
+    def _bin_prefix(low, high, index, carry_bits, with_high):
+        blocks, _, width = low.shape
         out = np.zeros(blocks * width, dtype=np.int64)
         for block in numba.prange(blocks):
             row = out[block * width : (block + 1) * width]
             for j in range(index + 1):
                 for u in range(width):
-                    row[u] += pending[block, j, u]
+                    row[u] += low[block, j, u]
+            if with_high:
+                for j in range(index + 1):
+                    for u in range(width):
+                        row[u] += numba.int64(high[block, j, u]) << carry_bits
         return out
 
-    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _flush_blocks(cumulative, pending):
-        rows, units = cumulative.shape
-        blocks, bins, _ = pending.shape
-        for block in numba.prange(blocks):
-            start = block * _UNIT_BLOCK
-            width = min(units - start, _UNIT_BLOCK)
-            running = np.zeros(_UNIT_BLOCK, dtype=cumulative.dtype)
-            for j in range(bins):
-                running += pending[block, j]
-                pending[block, j] = 0
-                if j < rows:
-                    cumulative[j, start : start + width] += running[:width]
-
-    @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _add_blocks(cumulative, blocked):
-        rows, units = cumulative.shape
-        blocks = blocked.shape[0]
-        chunks = max(1, min(64, units // 4096))
-        per_chunk = (blocks + chunks - 1) // chunks
-        for c in numba.prange(chunks):
-            for block in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
-                start = block * _UNIT_BLOCK
-                width = min(units - start, _UNIT_BLOCK)
-                for j in range(rows):
-                    cumulative[j, start : start + width] += blocked[block, j, :width]

@@ -8,22 +8,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import (
-    PENDING_LIMIT,
-    add_cumulative,
+    bin_prefix,
     bin_values,
+    can_add_to_bins,
     count_moments,
-    can_pend,
-    flush_pending,
     from_blocks,
-    new_pending,
-    pending_row,
+    new_bin_counts,
     reusable_buffer,
+    to_blocks,
 )
 
 UNITS = ("element", "channel")
 PER_INPUT_POLICIES = ("grid", "start", "none")
 #: Largest count that the compact uint32 cache can hold before it moves to int64.
 _UINT32_LIMIT = np.iinfo(np.uint32).max
+
+
+def cache_bytes_per_unit(grid_size: int) -> int:
+    """Bytes per unit of a layer's per-bin counts: uint16 low and high parts, grid size + 2 bins."""
+    return 4 * (grid_size + 2)
 
 
 def detail_dtype(units: int) -> np.dtype:
@@ -41,11 +44,11 @@ class BatchContribution:
 
     inputs: int
     #: Blocked ``(blocks, thresholds + 2, block)`` counts (see kernels.bin_values),
-    #: or ``None`` when they went to the layer's pending buffer.
+    #: or ``None`` when the kernel added them to the layer's bins.
     unit_cumulative: np.ndarray | None
     input_counts: np.ndarray  # (inputs, thresholds) int64, inactive units per input
     nonfinite: int
-    magnitudes: np.ndarray  # the binned batch, kept to take pending counts back
+    magnitudes: np.ndarray  # the binned batch, kept to take its counts back
     thresholds: np.ndarray
     applied: bool = False
 
@@ -126,26 +129,37 @@ def channel_unit_shape(shape: tuple[int, ...], channel_axis: int, name: str) -> 
     return (shape[channel_axis],)
 
 
+#: Bits of a count kept in the uint16 low part, so a low count plus a batch of
+#: up to 2**15 inputs stays within uint16.
+_CARRY_BITS = 15
+_LOW_MASK = (1 << _CARRY_BITS) - 1
+#: Largest count a uint16 low part may reach.
+_LOW_LIMIT = np.iinfo(np.uint16).max
+#: Largest total count the uint16 high part can represent.
+_HIGH16_LIMIT = (np.iinfo(np.uint16).max << _CARRY_BITS) + _LOW_MASK
+
+
 class LayerStats:
     """Threshold-grid cache of one layer.
 
-    Two parts take memory independent of the number of inputs. The first is
+    Two parts take memory independent of the number of inputs. The first is,
+    per unit and bin of the grid, the number of inputs on which the unit fell
+    in the bin, kept in two uint16 arrays in the kernels' blocked layout: the
+    compiled kernel adds to the low part, and every 2**15 inputs or so the
+    counts past 2**15 carry into the high part (it turns int64 past about
+    2**31 inputs). That is 4 bytes per unit per bin, 184 B per unit with the
+    default grid, and the high part is allocated at the first carry.
     ``cumulative[j, u]``, the number of inputs on which unit ``u`` was within
-    ``grid[j]`` of zero: uint32 until a count could pass 2**32 - 1, then
-    int64, so 4 or 8 bytes per unit per grid threshold. The second is, per
-    threshold, the exact sum and sum of squares of per-input inactive counts
-    (Python ints).
+    ``grid[j]`` of zero, is computed from them when read. The second part is,
+    per threshold, the exact sum and sum of squares of per-input inactive
+    counts (Python ints).
 
     Per-input detail depends on ``per_input``: ``"grid"`` keeps every
     input's inactive count at every grid threshold (2 bytes per input per
-    threshold for layers of fewer than 65,536 units, else 4 or 8), ``"start"`` only at the starting threshold (8 bytes per
-    input) and ``"none"`` keeps none; then ``inactive`` is ``None`` and the
-    standard deviation comes from the sums.
-
-    With the compiled kernel, unit counts of recent batches wait in a uint16
-    buffer (about 92 bytes per unit, outside the budget like the kernel
-    buffers) and reach ``cumulative`` when it is read or the buffer is full,
-    which saves a pass over the cache per batch.
+    threshold for layers of fewer than 65,536 units, else 4 or 8),
+    ``"start"`` only at the starting threshold (8 bytes per input) and
+    ``"none"`` keeps none; then ``inactive`` is ``None`` and the standard
+    deviation comes from the sums.
     """
 
     def __init__(self, name, unit_shape, grid, start_index, per_input):
@@ -157,70 +171,109 @@ class LayerStats:
         self.per_input = per_input
         self.inputs = 0
         self.nonfinite = 0
-        # Allocated when first needed: until then every count may be pending.
-        self._cumulative: np.ndarray | None = None
         self.count_sums = [0] * len(grid)
         self.count_square_sums = [0] * len(grid)
         self._input_counts: list[np.ndarray] = []
         # (list, pieces counted, their bytes), see _detail_nbytes.
         self._detail_counted: tuple[list, int, int] = (self._input_counts, 0, 0)
-        self._pending: np.ndarray | None = None
-        self._pending_inputs = 0
-        # Guards the cache and the pending buffer against a read from another thread.
+        # Per-bin counts are high * 2**15 + low; both None until first needed.
+        self._low: np.ndarray | None = None
+        self._high: np.ndarray | None = None
+        self._low_bound = 0  # no low count is above this
+        self._count_bound = 0  # no total count is above this, computed batches included
+        # Guards the counts against a read from another thread.
         self._lock = threading.Lock()
+
+    # -- per-bin counts ------------------------------------------------------
+
+    def _parts_locked(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._low is None:
+            self._low = new_bin_counts(len(self.grid) + 2, self.units)
+        return self._low, self._high
+
+    def _carry_locked(self) -> None:
+        """Move the low counts past 2**15 into the high part."""
+        low, high = self._parts_locked()
+        if high is None:
+            high = self._high = np.zeros_like(low)
+        if high.dtype == np.uint16 and self._count_bound > _HIGH16_LIMIT:
+            high = self._high = high.astype(np.int64)
+        np.add(high, low >> _CARRY_BITS, out=high, casting="unsafe")
+        low &= _LOW_MASK
+        self._low_bound = min(self._low_bound, _LOW_MASK)
+
+    def _add_bins_locked(self, per_bin: np.ndarray) -> None:
+        """Add (or, negative, take back) blocked int64 per-bin counts exactly."""
+        low, high = self._parts_locked()
+        total = low.astype(np.int64) + per_bin
+        if high is not None:
+            total += high.astype(np.int64) << _CARRY_BITS
+        if self._count_bound > _HIGH16_LIMIT or (high is not None and high.dtype != np.uint16):
+            self._high = total >> _CARRY_BITS
+        else:
+            self._high = (total >> _CARRY_BITS).astype(np.uint16)
+        low[...] = total & _LOW_MASK
+        self._low_bound = _LOW_MASK
+
+    def _bin_totals_locked(self) -> np.ndarray:
+        low, high = self._parts_locked()
+        total = low.astype(np.int64)
+        if high is not None:
+            total += high.astype(np.int64) << _CARRY_BITS
+        return total
 
     @property
     def cumulative(self) -> np.ndarray:
-        """``(G, units)`` counts of inputs within each grid threshold, all batches included."""
+        """``(G, units)`` counts of inputs within each grid threshold, computed from the bins.
+
+        uint32, or int64 once the layer has more than 2**32 - 1 inputs.
+        """
         with self._lock:
-            self._flush_locked()
-            return self._cache_locked()
+            totals = np.cumsum(self._bin_totals_locked(), axis=1)
+        dtype = np.int64 if self.inputs > _UINT32_LIMIT else np.uint32
+        return from_blocks(totals, self.units)[: len(self.grid)].astype(dtype)
 
     @cumulative.setter
     def cumulative(self, value: np.ndarray) -> None:
+        counts = np.asarray(value, dtype=np.int64)
+        per_bin = np.zeros((len(self.grid) + 2, self.units), dtype=np.int64)
+        per_bin[: len(self.grid)] = np.diff(counts, axis=0, prepend=0)
         with self._lock:
-            self._cumulative = value
-            self._pending = None
-            self._pending_inputs = 0
+            self._low = self._high = None
+            self._low_bound = 0
+            self._count_bound = int(counts.max(initial=0))
+            self._add_bins_locked(to_blocks(per_bin))
 
-    def flush(self) -> None:
-        """Move the pending unit counts into ``cumulative``."""
-        with self._lock:
-            self._flush_locked()
-
-    def _cache_locked(self) -> np.ndarray:
-        if self._cumulative is None:
-            dtype = np.int64 if self.inputs > _UINT32_LIMIT else np.uint32
-            self._cumulative = np.zeros((len(self.grid), self.units), dtype=dtype)
-        return self._cumulative
-
-    def _flush_locked(self) -> None:
-        if self._pending_inputs:
-            flush_pending(self._cache_locked(), self._pending)
-            self._pending_inputs = 0
+    # -- batches -------------------------------------------------------------
 
     def compute(
         self, magnitudes: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None
     ) -> BatchContribution:
         """Bin one ``(inputs, units)`` batch, to be passed to ``apply`` or ``discard``.
 
-        Until then the batch counts in no result. ``scratch`` (one dict per
-        layer) lets the kernel reuse its buffers, so the contribution is valid
-        until the next ``compute`` with that dict.
+        With the compiled kernel the unit counts go straight to the layer's
+        bins, so the batch counts in results until ``discard`` takes it back.
+        ``scratch`` (one dict per layer) lets the kernel reuse its buffers, so
+        the contribution is valid until the next ``compute`` with that dict.
         """
         inputs = magnitudes.shape[0]
-        if can_pend(magnitudes, thresholds):
-            with self._lock:
-                if self._pending is None:
-                    self._pending = new_pending(len(thresholds) + 2, self.units)
-                if self._pending_inputs + inputs > PENDING_LIMIT:
-                    self._flush_locked()
-                unit_cumulative, input_cumulative = bin_values(
-                    magnitudes, thresholds, scratch, self._pending
-                )
-                self._pending_inputs += inputs
-        else:
+        if not can_add_to_bins(magnitudes, thresholds):
             unit_cumulative, input_cumulative = bin_values(magnitudes, thresholds, scratch)
+        else:
+            pieces = []
+            with self._lock:
+                self._count_bound += inputs
+                step = 1 << _CARRY_BITS
+                for first in range(0, inputs, step):
+                    piece = magnitudes[first : first + step]
+                    if self._low_bound + len(piece) > _LOW_LIMIT:
+                        self._carry_locked()
+                    low, _ = self._parts_locked()
+                    _, piece_cumulative = bin_values(piece, thresholds, scratch, low)
+                    self._low_bound += len(piece)
+                    pieces.append(piece_cumulative if inputs <= step else piece_cumulative.copy())
+            unit_cumulative = None
+            input_cumulative = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         input_counts = input_cumulative[:, : len(thresholds)]
         nonfinite = int((input_cumulative[:, -1] - input_cumulative[:, -2]).sum())
         return BatchContribution(
@@ -231,23 +284,19 @@ class LayerStats:
         """Take back a computed batch that will not be applied."""
         if part.unit_cumulative is not None:
             return  # nothing of it was stored
+        batch, _ = bin_values(part.magnitudes, part.thresholds)
+        per_bin = np.diff(batch.astype(np.int64), axis=1, prepend=0)
         with self._lock:
-            # Wherever its counts are now, after a flush they are in the cache.
-            self._flush_locked()
-            batch, _ = bin_values(part.magnitudes, part.thresholds)
-            cache = self._cache_locked()
-            np.subtract(cache, from_blocks(batch, self.units)[: cache.shape[0]],
-                        out=cache, casting="unsafe")
+            self._add_bins_locked(-per_bin)
+            self._count_bound -= part.inputs
 
     def apply(self, part: BatchContribution) -> None:
         """Add one computed batch to the statistics."""
-        with self._lock:
-            cache = self._cumulative
-            if (cache is not None and cache.dtype == np.uint32
-                    and self.inputs + part.inputs > _UINT32_LIMIT):
-                self._cumulative = cache.astype(np.int64)
-            if part.unit_cumulative is not None:
-                add_cumulative(self._cache_locked(), part.unit_cumulative)
+        if part.unit_cumulative is not None:
+            per_bin = np.diff(part.unit_cumulative.astype(np.int64), axis=1, prepend=0)
+            with self._lock:
+                self._count_bound += part.inputs
+                self._add_bins_locked(per_bin)
         counts = part.input_counts
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.
         if self.units * self.units * max(part.inputs, 1) < 2**62:
@@ -292,21 +341,18 @@ class LayerStats:
     def unit_counts_at(self, index: int) -> np.ndarray:
         """Per-unit inactive counts at grid threshold ``index``, int64, in the unit shape."""
         with self._lock:
-            if self._cumulative is None and self._pending_inputs:
-                # Summing the pending bins spares allocating the cache for one row.
-                counts = pending_row(self._pending, index, self.units)
-            else:
-                self._flush_locked()
-                counts = self._cache_locked()[index].astype(np.int64)
+            low, high = self._parts_locked()
+            counts = bin_prefix(low, high, index, _CARRY_BITS)[: self.units]
         return counts.reshape(self.unit_shape)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache, per-input detail included.
+        """Bytes held by the per-bin counts and the per-input detail.
 
-        A cache not allocated yet counts as allocated, so that the figure
-        does not jump when it is.
+        The counts take 4 bytes per unit per bin from the start, so that the
+        figure does not jump when the high part is allocated, and 10 once the
+        high part turns int64.
         """
-        detail = self._detail_nbytes()
-        cache = self._cumulative
-        cache_bytes = cache.nbytes if cache is not None else len(self.grid) * self.units * 4
-        return int(cache_bytes + detail)
+        bins = len(self.grid) + 2
+        high = self._high
+        high_bytes = 2 if high is None or high.dtype == np.uint16 else high.itemsize
+        return int((2 + high_bytes) * bins * self.units + self._detail_nbytes())

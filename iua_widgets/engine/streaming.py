@@ -24,6 +24,7 @@ from .layer import (
     UNITS,
     LayerStats,
     as_units,
+    cache_bytes_per_unit,
     channel_unit_shape,
     check_dtype,
     detail_dtype,
@@ -128,8 +129,9 @@ class StreamingIUA:
             np.dtype(np.float64): self.grid,
         }
         self._layers: dict[str, LayerStats] = {}
-        # Per-layer kernel buffers, reused from batch to batch (about 2 bytes
-        # per unit and grid threshold, outside max_cache_bytes).
+        # Per-layer kernel buffers, reused from batch to batch and outside
+        # max_cache_bytes: per-input counts and, for integer and float16
+        # responses, the batch converted to float.
         self._scratch: dict[str, dict] = {}
         self._observers: list[Callable[[StreamingIUA], None]] = []
         self._lock = threading.RLock()
@@ -316,7 +318,7 @@ class StreamingIUA:
                     )
                 units = int(np.prod(shape, dtype=np.int64))
                 if layer is None and inputs:
-                    added_bytes += 4 * len(self.grid) * units
+                    added_bytes += cache_bytes_per_unit(len(self.grid)) * units
                 added_bytes += inputs * self._detail_bytes_per_input(units)
             if inputs:
                 self._check_budget(added_bytes, set(arrays) - set(self._layers))
