@@ -12,7 +12,8 @@ def inactive_mask(array: np.ndarray, atol: float, unit: str = "element", channel
     if unit == "element" or values.ndim == 1:
         return mask
     moved = np.moveaxis(mask, channel_axis, 1)
-    return moved.reshape(moved.shape[0], moved.shape[1], -1).all(axis=2)
+    elements = int(np.prod(moved.shape[2:]))
+    return moved.reshape(moved.shape[0], moved.shape[1], elements).all(axis=2)
 
 
 def brute_force(batches: list[dict[str, np.ndarray]], atol: float, unit="element", channel_axis=1):

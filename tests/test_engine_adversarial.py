@@ -495,16 +495,9 @@ def test_search_and_table_kernels_share_counts():
     assert_exact(engine, "a", seen)
 
 
-# -- known defects ------------------------------------------------------------
+# -- defects found by these tests, fixed ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Ctrl-C while a kernel bins a batch leaves that batch's unit counts in the "
-    "layer: the interrupt is raised inside LayerStats.compute, so update never gets "
-    "the part to discard",
-)
 def test_interrupt_during_kernel_keeps_update_atomic(monkeypatch):
     engine = StreamingIUA()
     zeros = np.zeros((4, 300), dtype=np.float32)
@@ -528,13 +521,6 @@ def test_interrupt_during_kernel_keeps_update_atomic(monkeypatch):
     np.testing.assert_array_equal(result.unit_inactive_count, np.full(300, result.inputs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="LayerStats.compute adds a batch's unit counts to the layer before apply, so "
-    "another thread reading layer_stats(name).cumulative mid-update sees a batch "
-    "that is not applied yet, and may never be",
-)
 def test_cumulative_read_mid_update_excludes_batch(monkeypatch):
     engine = StreamingIUA()
     zeros = np.zeros((3, 10), dtype=np.float32)
@@ -556,12 +542,6 @@ def test_cumulative_read_mid_update_excludes_batch(monkeypatch):
     np.testing.assert_array_equal(seen["counts"], np.full(10, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="update applies layers one by one, so an error while applying a later layer "
-    "leaves the batch in the earlier layers and out of inputs_seen",
-)
 def test_apply_failure_in_later_layer_changes_no_layer(monkeypatch):
     engine = StreamingIUA()
     zeros = np.zeros((4, 3), dtype=np.float32)
@@ -583,12 +563,6 @@ def test_apply_failure_in_later_layer_changes_no_layer(monkeypatch):
         np.testing.assert_array_equal(result.unit_inactive_count, [4, 4, 4], err_msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="channel units reduce with numpy max, which raises on channels without "
-    "elements and cannot reshape a response without channels",
-)
 @pytest.mark.parametrize("shape", [(2, 3, 0), (2, 0, 4)], ids=["empty-channels", "no-channels"])
 def test_channel_units_of_empty_responses(shape):
     array = np.zeros(shape, dtype=np.float32)
@@ -597,12 +571,6 @@ def test_channel_units_of_empty_responses(shape):
     assert_exact(engine, "a", [array], unit="channel")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="check_dtype compares with native float types, so big-endian floats are "
-    "rejected as 'cannot compare exactly' although numpy.isclose takes them",
-)
 @pytest.mark.parametrize("dtype", [">f2", ">f4", ">f8"])
 def test_big_endian_floats_counted(dtype):
     rng = np.random.default_rng(23)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from .atomic import deferred_interrupt
 from .kernels import (
     bin_prefix,
     bin_values,
@@ -50,7 +52,16 @@ class BatchContribution:
     nonfinite: int
     magnitudes: np.ndarray  # the binned batch, kept to take its counts back
     thresholds: np.ndarray
-    applied: bool = False
+    #: With counts in the layer's bins: whether it is applied or discarded.
+    settled: bool = False
+
+
+def _contribution(inputs, unit_cumulative, input_cumulative, magnitudes, thresholds):
+    input_counts = input_cumulative[:, : len(thresholds)]
+    nonfinite = int((input_cumulative[:, -1] - input_cumulative[:, -2]).sum())
+    return BatchContribution(
+        inputs, unit_cumulative, input_counts, nonfinite, magnitudes, thresholds
+    )
 
 
 #: Integers up to this magnitude are exact in float32.
@@ -74,6 +85,8 @@ def as_units(
     page faults of a fresh array, so the result is valid until the next call.
     """
     check_dtype(array.dtype, name)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     target = None
     if array.dtype.kind in "biu":
         exact_in_float32 = max_threshold < FLOAT32_EXACT_INTEGERS
@@ -93,13 +106,16 @@ def as_units(
     axis = channel_axis if channel_axis >= 0 else array.ndim + channel_axis
     moved = np.moveaxis(np.abs(array), axis, 1)
     channels = moved.shape[1]
+    elements = math.prod(moved.shape[2:])
+    if elements == 0:  # every element of a channel without elements is inactive
+        return np.zeros((inputs, channels), dtype=moved.dtype)
     # NaN-propagating max keeps NaN channels out of the inactive count.
-    return moved.reshape(inputs, channels, -1).max(axis=2)
+    return moved.reshape(inputs, channels, elements).max(axis=2)
 
 
 def check_dtype(dtype: np.dtype, name: str) -> None:
     """Raise ``TypeError`` unless responses of ``dtype`` can be compared exactly."""
-    if dtype.kind in "biu" or dtype in (np.float16, np.float32, np.float64):
+    if dtype.kind in "biu" or dtype.newbyteorder("=") in (np.float16, np.float32, np.float64):
         return
     if dtype.kind == "f":
         raise TypeError(
@@ -183,6 +199,8 @@ class LayerStats:
         self._count_bound = 0  # no total count is above this, computed batches included
         # Guards the counts against a read from another thread.
         self._lock = threading.Lock()
+        # Parts computed into the bins, not applied or discarded yet: reads leave them out.
+        self._unsettled: list[BatchContribution] = []
 
     # -- per-bin counts ------------------------------------------------------
 
@@ -212,7 +230,8 @@ class LayerStats:
             self._high = total >> _CARRY_BITS
         else:
             self._high = (total >> _CARRY_BITS).astype(np.uint16)
-        low[...] = total & _LOW_MASK
+        # New arrays rather than writes in place, so a snapshot keeps the old ones.
+        self._low = (total & _LOW_MASK).astype(np.uint16)
         self._low_bound = _LOW_MASK
 
     def _bin_totals_locked(self) -> np.ndarray:
@@ -222,6 +241,14 @@ class LayerStats:
             total += high.astype(np.int64) << _CARRY_BITS
         return total
 
+    def _applied_totals_locked(self) -> np.ndarray:
+        totals = self._bin_totals_locked()
+        for part in self._unsettled:
+            # Only while another thread is inside update: bin the batch again.
+            batch, _ = bin_values(part.magnitudes, part.thresholds)
+            totals -= np.diff(batch.astype(np.int64), axis=1, prepend=0)
+        return totals
+
     @property
     def cumulative(self) -> np.ndarray:
         """``(G, units)`` counts of inputs within each grid threshold, computed from the bins.
@@ -229,7 +256,7 @@ class LayerStats:
         uint32, or int64 once the layer has more than 2**32 - 1 inputs.
         """
         with self._lock:
-            totals = np.cumsum(self._bin_totals_locked(), axis=1)
+            totals = np.cumsum(self._applied_totals_locked(), axis=1)
         dtype = np.int64 if self.inputs > _UINT32_LIMIT else np.uint32
         return from_blocks(totals, self.units)[: len(self.grid)].astype(dtype)
 
@@ -252,16 +279,19 @@ class LayerStats:
         """Bin one ``(inputs, units)`` batch, to be passed to ``apply`` or ``discard``.
 
         With the compiled kernel the unit counts go straight to the layer's
-        bins, so the batch counts in results until ``discard`` takes it back.
-        ``scratch`` (one dict per layer) lets the kernel reuse its buffers, so
-        the contribution is valid until the next ``compute`` with that dict.
+        bins, and reads leave them out until ``apply``; ``discard`` takes them
+        back. ``scratch`` (one dict per layer) lets the kernel reuse its
+        buffers, so the contribution is valid until the next ``compute`` with
+        that dict.
         """
         inputs = magnitudes.shape[0]
         if not can_add_to_bins(magnitudes, thresholds):
             unit_cumulative, input_cumulative = bin_values(magnitudes, thresholds, scratch)
         else:
             pieces = []
-            with self._lock:
+            # Ctrl-C waits until the counts are in, so the caller gets the part
+            # it needs to take them back.
+            with deferred_interrupt(), self._lock:
                 self._count_bound += inputs
                 step = 1 << _CARRY_BITS
                 for first in range(0, inputs, step):
@@ -272,32 +302,55 @@ class LayerStats:
                     _, piece_cumulative = bin_values(piece, thresholds, scratch, low)
                     self._low_bound += len(piece)
                     pieces.append(piece_cumulative if inputs <= step else piece_cumulative.copy())
-            unit_cumulative = None
-            input_cumulative = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        input_counts = input_cumulative[:, : len(thresholds)]
-        nonfinite = int((input_cumulative[:, -1] - input_cumulative[:, -2]).sum())
-        return BatchContribution(
-            inputs, unit_cumulative, input_counts, nonfinite, magnitudes, thresholds
-        )
+                input_cumulative = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                part = _contribution(inputs, None, input_cumulative, magnitudes, thresholds)
+                self._unsettled.append(part)
+            return part
+        return _contribution(inputs, unit_cumulative, input_cumulative, magnitudes, thresholds)
 
     def discard(self, part: BatchContribution) -> None:
-        """Take back a computed batch that will not be applied."""
-        if part.unit_cumulative is not None:
-            return  # nothing of it was stored
+        """Take back a computed batch that is not applied (or was restored away)."""
+        if part.unit_cumulative is not None or part.settled:
+            return  # nothing of it is in the bins
         batch, _ = bin_values(part.magnitudes, part.thresholds)
         per_bin = np.diff(batch.astype(np.int64), axis=1, prepend=0)
         with self._lock:
             self._add_bins_locked(-per_bin)
             self._count_bound -= part.inputs
+            self._settle_locked(part)
+
+    def _settle_locked(self, part: BatchContribution) -> None:
+        part.settled = True
+        self._unsettled.remove(part)
+
+    def snapshot(self) -> tuple:
+        """Return the state that ``restore`` puts back, taken before an ``apply``."""
+        return (self.inputs, self.nonfinite, self.count_sums, self.count_square_sums,
+                len(self._input_counts), self._low, self._high, self._low_bound,
+                self._count_bound)
+
+    def restore(self, state: tuple, part: BatchContribution) -> None:
+        """Undo ``apply(part)`` made since ``snapshot`` returned ``state``.
+
+        The part counts as computed again, so ``discard`` takes it back.
+        """
+        (self.inputs, self.nonfinite, self.count_sums, self.count_square_sums, pieces,
+         low, high, low_bound, count_bound) = state
+        del self._input_counts[pieces:]
+        with self._lock:
+            if part.unit_cumulative is None:
+                if part.settled:
+                    part.settled = False
+                    self._unsettled.append(part)
+            else:
+                # apply replaced the bins (see _add_bins_locked), so these are untouched.
+                self._low, self._high = low, high
+                self._low_bound, self._count_bound = low_bound, count_bound
 
     def apply(self, part: BatchContribution) -> None:
         """Add one computed batch to the statistics."""
-        if part.unit_cumulative is not None:
-            per_bin = np.diff(part.unit_cumulative.astype(np.int64), axis=1, prepend=0)
-            with self._lock:
-                self._count_bound += part.inputs
-                self._add_bins_locked(per_bin)
         counts = part.input_counts
+        # Everything that allocates comes first, so a failure leaves the layer as it was.
         # Sum squares in int64 only where the sum cannot overflow; Python ints never do.
         if self.units * self.units * max(part.inputs, 1) < 2**62:
             sums, square_sums = count_moments(counts)
@@ -305,16 +358,27 @@ class LayerStats:
             sums = counts.sum(axis=0)
             square_sums = (counts.astype(object) ** 2).sum(axis=0)
         # tolist() gives Python ints, which have no fixed width to overflow.
-        self.count_sums = [a + b for a, b in zip(self.count_sums, sums.tolist(), strict=True)]
-        self.count_square_sums = [
+        count_sums = [a + b for a, b in zip(self.count_sums, sums.tolist(), strict=True)]
+        count_square_sums = [
             a + b for a, b in zip(self.count_square_sums, square_sums.tolist(), strict=True)
         ]
+        detail = None
         if self.per_input == "grid":
-            self._input_counts.append(counts.astype(detail_dtype(self.units)))
+            detail = counts.astype(detail_dtype(self.units))
         elif self.per_input == "start":
-            self._input_counts.append(counts[:, self.start_index].astype(np.int64))
-        self.inputs += part.inputs
-        self.nonfinite += part.nonfinite
+            detail = counts[:, self.start_index].astype(np.int64)
+        with self._lock:
+            if part.unit_cumulative is not None:
+                per_bin = np.diff(part.unit_cumulative.astype(np.int64), axis=1, prepend=0)
+                self._count_bound += part.inputs
+                self._add_bins_locked(per_bin)
+            else:
+                self._settle_locked(part)
+            self.count_sums, self.count_square_sums = count_sums, count_square_sums
+            if detail is not None:
+                self._input_counts.append(detail)
+            self.inputs += part.inputs
+            self.nonfinite += part.nonfinite
 
     def inactive_at(self, index: int) -> np.ndarray | None:
         """Per-input inactive counts at grid threshold ``index``, or ``None`` if not kept."""
@@ -341,8 +405,12 @@ class LayerStats:
     def unit_counts_at(self, index: int) -> np.ndarray:
         """Per-unit inactive counts at grid threshold ``index``, int64, in the unit shape."""
         with self._lock:
-            low, high = self._parts_locked()
-            counts = bin_prefix(low, high, index, _CARRY_BITS)[: self.units]
+            if self._unsettled:
+                counts = np.cumsum(self._applied_totals_locked()[:, : index + 1], axis=1)
+                counts = counts[:, index].reshape(-1)[: self.units]
+            else:
+                low, high = self._parts_locked()
+                counts = bin_prefix(low, high, index, _CARRY_BITS)[: self.units]
         return counts.reshape(self.unit_shape)
 
     def nbytes(self) -> int:

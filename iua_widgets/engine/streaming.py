@@ -190,30 +190,37 @@ class StreamingIUA:
                 # Computing may already have stored unit counts (see LayerStats.compute).
                 with deferred_interrupt():
                     for layer, part in prepared.values():
-                        if not part.applied:
-                            layer.discard(part)
+                        layer.discard(part)
                 raise
-        self._finish_update(arrays, inputs)
+            self._count_batch(arrays, inputs)
+        self._finish_update()
 
     def _apply_prepared(
         self, prepared: dict[str, tuple[LayerStats, Any]], new_layers: dict[str, LayerStats]
     ) -> None:
+        """Apply every computed part, or restore the layers applied so far and raise."""
+        states = []
         with deferred_interrupt():
-            for name, (layer, part) in prepared.items():
-                if name in new_layers:
-                    self._layers[name] = layer
-                layer.apply(part)
-                part.applied = True
+            try:
+                for layer, part in prepared.values():
+                    states.append((layer, part, layer.snapshot()))
+                    layer.apply(part)
+            except BaseException:
+                for layer, part, state in states:
+                    layer.restore(state, part)
+                raise
+            self._layers.update(new_layers)
 
-    def _finish_update(self, arrays: dict[str, Any], inputs: int) -> None:
-        with self._lock:
-            now = time.perf_counter()
-            if self._started is None:
-                self._started = now
-                logger.info("Streaming IUA started with %d layers", len(arrays))
-            self._last_update = now
-            self.inputs_seen += inputs
-            self.batches_seen += 1
+    def _count_batch(self, arrays: dict[str, Any], inputs: int) -> None:
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
+            logger.info("Streaming IUA started with %d layers", len(arrays))
+        self._last_update = now
+        self.inputs_seen += inputs
+        self.batches_seen += 1
+
+    def _finish_update(self) -> None:
         self._warn_nonfinite()
         for observer in list(self._observers):
             try:
@@ -271,7 +278,8 @@ class StreamingIUA:
                 for name, (layer, part) in prepared.items():
                     self._layers.setdefault(name, layer)
                     layer.apply(part)
-        self._finish_update(arrays, inputs)
+                self._count_batch(arrays, inputs)
+        self._finish_update()
 
     def _unit_shape(self, array: np.ndarray, name: str) -> tuple[int, ...]:
         if self.unit == "channel":
