@@ -233,6 +233,7 @@ if numba is not None:
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _bin_table_kernel_sparse(bits, table, single, shift, bias, mask, unit_hist, lane_hist,
                                  line, accumulate):
+        # lane_hist is (threads, inputs, 1, bins) here.
         # The same result as _bin_table_kernel, for batches with many exact
         # zeros as ReLU gives: per block row, the zeros are counted with vector
         # instructions and only the other values are binned, found by the set
@@ -254,7 +255,7 @@ if numba is not None:
                     ahead = bits[i + 2]
                     for u in range(start, stop, line):
                         _prefetch(ahead, u)
-                lanes = numba.uint64((c * inputs + i) * 4 * bins)
+                lanes = numba.uint64((c * inputs + i) * bins)
                 zeros = 0
                 for u in range(start, stop):
                     unit = numba.uint64(u)
@@ -325,12 +326,15 @@ if numba is not None:
         hist_type = np.uint16 if inputs <= _SUB_BATCH else np.uint32
         scratch = {} if scratch is None else scratch
         threads = numba.get_num_threads()
-        lane_hist = reusable_buffer(scratch, "lane_hist", (threads, inputs, 4, bins), np.int32)
+        tables = bucket_tables(thresholds)
+        sparse = tables is not None and _mostly_zeros(x)
+        # The sparse kernel needs one lane, the others four.
+        lanes = 1 if sparse else 4
+        lane_hist = reusable_buffer(scratch, "lane_hist", (threads, inputs, lanes, bins), np.int32)
         # _sum_lanes leaves the lanes it read zeroed for the next batch.
         if scratch.get("lanes_zeroed") is not lane_hist.base:
             lane_hist[:] = 0
         scratch["lanes_zeroed"] = None
-        tables = bucket_tables(thresholds)
         accumulate = bin_counts is not None and tables is not None
         if accumulate:
             unit_hist = bin_counts
@@ -342,7 +346,7 @@ if numba is not None:
         else:
             table, single, shift, bias = tables
             uint, _, mask = _layout(x.dtype)
-            kernel = _bin_table_kernel_sparse if _mostly_zeros(x) else _bin_table_kernel
+            kernel = _bin_table_kernel_sparse if sparse else _bin_table_kernel
             # One block at a time to whichever thread is free, so that a core
             # slowed by other work does not hold the batch back.
             previous = numba.set_parallel_chunksize(1)
