@@ -130,6 +130,13 @@ def main() -> None:
         "float32 2x8192 units, batch 256",
         relu_responses(rng, np.float32, 2, (8192,), inputs), 256, repeats,
     )
+    relu = relu_responses(rng, np.float32, 2, (8192,), inputs)
+    # No exact zeros, and half of the values on the 1e-3 grid threshold.
+    ingest_row("float32 |x| + 1e-3, no zeros", {k: np.abs(v) + 1e-3 for k, v in relu.items()},
+               256, repeats)
+    mostly_zeros = {k: np.where(rng.random(v.shape) < 0.8, 0, v) for k, v in relu.items()}
+    ingest_row("float32 90 % zeros", mostly_zeros, 256, repeats)
+    del relu, mostly_zeros
     conv = relu_responses(rng, np.float32, 2, (32, 16, 16), inputs)
     ingest_row("float32 conv, element units", conv, 256, repeats)
     ingest_row("float32 conv, channel units", conv, 256, repeats, unit="channel")
