@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import warnings
@@ -134,6 +135,24 @@ def test_failing_observer_does_not_stop_stream():
     assert engine.results["a"].inputs == 3
 
 
+@contextlib.contextmanager
+def failing_compute(monkeypatch, name, before=None):
+    """Make computing layer ``name`` raise MemoryError (after ``before()``) inside the block."""
+    original = layer_module.LayerStats.compute
+
+    def compute_or_fail(self, magnitudes, thresholds, scratch=None):
+        if self.name == name:
+            if before is not None:
+                before()
+            raise MemoryError("simulated")
+        return original(self, magnitudes, thresholds, scratch)
+
+    monkeypatch.setattr(layer_module.LayerStats, "compute", compute_or_fail)
+    with pytest.raises(MemoryError):
+        yield
+    monkeypatch.setattr(layer_module.LayerStats, "compute", original)
+
+
 def _relu_batch(rng, inputs, units):
     return np.maximum(rng.standard_normal((inputs, units), dtype=np.float32), 0)
 
@@ -144,19 +163,10 @@ def test_failure_after_binning_takes_counts_back(monkeypatch, read_first):
     first = {"a": _relu_batch(rng, 40, 300), "b": _relu_batch(rng, 40, 5)}
     engine = StreamingIUA(atol=1e-2)
     engine.update(first)
-    original = layer_module.LayerStats.compute
-
-    def compute_then_fail(self, magnitudes, thresholds, scratch=None):
-        if self.name == "b":
-            if read_first:  # a reader in another thread may look in between
-                engine.layer_stats("a").cumulative
-            raise MemoryError("simulated")
-        return original(self, magnitudes, thresholds, scratch)
-
-    monkeypatch.setattr(layer_module.LayerStats, "compute", compute_then_fail)
-    with pytest.raises(MemoryError):
+    # A reader in another thread may look in between.
+    before = (lambda: engine.layer_stats("a").cumulative) if read_first else None
+    with failing_compute(monkeypatch, "b", before):
         engine.update({"a": _relu_batch(rng, 40, 300) + 1, "b": _relu_batch(rng, 40, 5)})
-    monkeypatch.setattr(layer_module.LayerStats, "compute", original)
 
     expected = StreamingIUA(atol=1e-2)
     expected.update(first)
@@ -226,17 +236,8 @@ def test_failure_after_carry_takes_counts_back(monkeypatch):
     first = {"a": _relu_batch(rng, 40_000, 3), "b": _relu_batch(rng, 40_000, 2)}
     engine = StreamingIUA(atol=1e-2)
     engine.update(first)
-    original = layer_module.LayerStats.compute
-
-    def compute_then_fail(self, magnitudes, thresholds, scratch=None):
-        if self.name == "b":
-            raise MemoryError("simulated")
-        return original(self, magnitudes, thresholds, scratch)
-
-    monkeypatch.setattr(layer_module.LayerStats, "compute", compute_then_fail)
-    with pytest.raises(MemoryError):  # layer a carries its counts before binning this batch
+    with failing_compute(monkeypatch, "b"):  # layer a carries its counts before binning
         engine.update({"a": _relu_batch(rng, 30_000, 3), "b": _relu_batch(rng, 30_000, 2)})
-    monkeypatch.setattr(layer_module.LayerStats, "compute", original)
     engine.update({"a": first["a"][:5], "b": first["b"][:5]})
 
     whole = np.concatenate([first["a"], first["a"][:5]]).astype(np.float64)
