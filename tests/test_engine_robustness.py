@@ -178,7 +178,7 @@ def test_failure_after_binning_takes_counts_back(monkeypatch, read_first):
     assert engine.inputs_seen == 40
 
 
-def test_counts_exact_past_pending_buffer_limit():
+def test_counts_exact_past_uint16_limit():
     rng = np.random.default_rng(4)
     batches = [_relu_batch(rng, 30_000, 3) for _ in range(3)]
     for batch in batches:
@@ -193,17 +193,17 @@ def test_counts_exact_past_pending_buffer_limit():
         np.testing.assert_array_equal(result.unit_inactive_count, expected)
 
 
-def test_batch_larger_than_pending_buffer():
+def test_batch_larger_than_carry_step():
     rng = np.random.default_rng(5)
     batch = _relu_batch(rng, 70_000, 2)
     engine = StreamingIUA(atol=1e-2)
-    engine.update({"a": batch[:10]})  # leaves counts pending before the large batch
+    engine.update({"a": batch[:10]})  # leaves counts in the low part before the large batch
     engine.update({"a": batch[10:]})
     expected = np.isclose(batch.astype(np.float64), 0, rtol=1e-5, atol=1e-2).sum(axis=0)
     np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, expected)
 
 
-def test_results_exact_before_and_after_cache_allocation():
+def test_results_exact_around_cumulative_read():
     rng = np.random.default_rng(6)
     batches = [_relu_batch(rng, 50, 600) for _ in range(3)]
     engine = StreamingIUA(atol=1e-2)
@@ -212,7 +212,7 @@ def test_results_exact_before_and_after_cache_allocation():
         engine.update({"a": batch})
         seen.append(batch)
         if position == 1:
-            engine.layer_stats("a").cumulative  # allocates the cache mid-stream
+            engine.layer_stats("a").cumulative  # reads the whole cumulative array mid-stream
         whole = np.concatenate(seen).astype(np.float64)
         for atol in (0.0, 1e-2, 2.0):
             expected = np.isclose(whole, 0, rtol=1e-5, atol=atol).sum(axis=0)
