@@ -171,9 +171,9 @@ if numba is not None:
     @numba.njit(inline="always")
     def _bin(a, table, single, shift, bias):
         # Bin of the magnitude bits a: the entry of its bucket, plus one when the
-        # threshold inside the bucket, if any, is below a. Comparing every value
-        # costs little; a branch on the few buckets with a threshold ran 4 times
-        # slower on data where half the values fall in such a bucket.
+        # threshold inside the bucket, if any, is below a. Every value is compared,
+        # because a branch on the few buckets with a threshold ran 4 times slower
+        # on data where half the values fall in such a bucket.
         b = (a + bias) >> shift
         return numba.uint64(table[b]) + numba.uint64(single[b] < a)
 
@@ -346,8 +346,8 @@ if numba is not None:
             previous = numba.set_parallel_chunksize(1)
             try:
                 kernel(x.view(uint), table, single, shift, bias, mask,
-                                  unit_hist.reshape(-1), lane_hist.reshape(-1),
-                                  _CACHE_LINE // x.itemsize, accumulate)
+                       unit_hist.reshape(-1), lane_hist.reshape(-1),
+                       _CACHE_LINE // x.itemsize, accumulate)
             finally:
                 numba.set_parallel_chunksize(previous)
         input_cumulative = reusable_buffer(scratch, "input_cumulative", (inputs, bins), np.int64)

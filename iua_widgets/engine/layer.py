@@ -64,6 +64,17 @@ def _contribution(inputs, unit_cumulative, input_cumulative, magnitudes, thresho
     )
 
 
+def _per_bin(unit_cumulative: np.ndarray) -> np.ndarray:
+    """Turn blocked running sums over bins into int64 counts per bin."""
+    return np.diff(unit_cumulative.astype(np.int64), axis=1, prepend=0)
+
+
+def _rebinned(part: BatchContribution) -> np.ndarray:
+    """Bin a part's batch again and return its int64 counts per bin, blocked."""
+    unit_cumulative, _ = bin_values(part.magnitudes, part.thresholds)
+    return _per_bin(unit_cumulative)
+
+
 #: Integers up to this magnitude are exact in float32.
 FLOAT32_EXACT_INTEGERS = 2**24
 
@@ -192,7 +203,7 @@ class LayerStats:
         self._input_counts: list[np.ndarray] = []
         # (list, pieces counted, their bytes), see _detail_nbytes.
         self._detail_counted: tuple[list, int, int] = (self._input_counts, 0, 0)
-        # Per-bin counts are high * 2**15 + low; both None until first needed.
+        # Per-bin counts are high * 2**15 + low. Both are None until first needed.
         self._low: np.ndarray | None = None
         self._high: np.ndarray | None = None
         self._low_bound = 0  # no low count is above this
@@ -226,12 +237,12 @@ class LayerStats:
         total = low.astype(np.int64) + per_bin
         if high is not None:
             total += high.astype(np.int64) << _CARRY_BITS
-        if self._count_bound > _HIGH16_LIMIT or (high is not None and high.dtype != np.uint16):
-            self._high = total >> _CARRY_BITS
-        else:
-            self._high = (total >> _CARRY_BITS).astype(np.uint16)
+        new_high = total >> _CARRY_BITS
+        if self._count_bound <= _HIGH16_LIMIT and (high is None or high.dtype == np.uint16):
+            new_high = new_high.astype(np.uint16)
+        new_low = (total & _LOW_MASK).astype(np.uint16)
         # New arrays rather than writes in place, so a snapshot keeps the old ones.
-        self._low = (total & _LOW_MASK).astype(np.uint16)
+        self._low, self._high = new_low, new_high
         self._low_bound = _LOW_MASK
 
     def _bin_totals_locked(self) -> np.ndarray:
@@ -245,8 +256,7 @@ class LayerStats:
         totals = self._bin_totals_locked()
         for part in self._unsettled:
             # Only while another thread is inside update: bin the batch again.
-            batch, _ = bin_values(part.magnitudes, part.thresholds)
-            totals -= np.diff(batch.astype(np.int64), axis=1, prepend=0)
+            totals -= _rebinned(part)
         return totals
 
     @property
@@ -279,8 +289,8 @@ class LayerStats:
         """Bin one ``(inputs, units)`` batch, to be passed to ``apply`` or ``discard``.
 
         With the compiled kernel the unit counts go straight to the layer's
-        bins, and reads leave them out until ``apply``; ``discard`` takes them
-        back. ``scratch`` (one dict per layer) lets the kernel reuse its
+        bins, and reads leave them out until ``apply``, or ``discard`` takes
+        them back. ``scratch`` (one dict per layer) lets the kernel reuse its
         buffers, so the contribution is valid until the next ``compute`` with
         that dict.
         """
@@ -312,8 +322,7 @@ class LayerStats:
         """Take back a computed batch that is not applied (or was restored away)."""
         if part.unit_cumulative is not None or part.settled:
             return  # nothing of it is in the bins
-        batch, _ = bin_values(part.magnitudes, part.thresholds)
-        per_bin = np.diff(batch.astype(np.int64), axis=1, prepend=0)
+        per_bin = _rebinned(part)
         with self._lock:
             self._add_bins_locked(-per_bin)
             self._count_bound -= part.inputs
@@ -369,7 +378,7 @@ class LayerStats:
             detail = counts[:, self.start_index].astype(np.int64)
         with self._lock:
             if part.unit_cumulative is not None:
-                per_bin = np.diff(part.unit_cumulative.astype(np.int64), axis=1, prepend=0)
+                per_bin = _per_bin(part.unit_cumulative)
                 self._count_bound += part.inputs
                 self._add_bins_locked(per_bin)
             else:

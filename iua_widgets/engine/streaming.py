@@ -182,8 +182,8 @@ class StreamingIUA:
                     part = layer.compute(magnitudes, thresholds, scratch)
                     prepared[name] = (layer, part)
                     if part.nonfinite and magnitudes.shape[1:] != array.shape[1:]:
-                        # A channel's max only shows that some element is NaN or inf;
-                        # count the values themselves.
+                        # A channel's max only shows that some element is NaN or inf,
+                        # so count the values themselves.
                         part.nonfinite = int(np.count_nonzero(~np.isfinite(array)))
                 self._apply_prepared(prepared, new_layers)
             except BaseException:
