@@ -136,12 +136,25 @@ def feed(engine, batches):
 # -- kernels ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sparse", [False, True])
+def force_kernel(monkeypatch, name):
+    """Make every batch go to kernel ``name`` (the vector one where its tables exist)."""
+    if name == "vector" and not kernels._AVX512:
+        pytest.skip("the vector kernel needs an AVX-512 CPU")
+
+    def choose(x, has_tables, has_octaves):
+        if not has_tables:
+            return "search"
+        return "dense" if name == "vector" and not has_octaves else name
+
+    monkeypatch.setattr(kernels, "_choose_kernel", choose)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse", "vector"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int16, np.bool_])
-def test_each_kernel_exact_at_any_zero_share(monkeypatch, dtype, sparse):
+def test_each_kernel_exact_at_any_zero_share(monkeypatch, dtype, kernel):
     # Forcing the kernel choice runs the zero-skipping kernel on dense rows
-    # and the general kernel on zero rows, whatever the sampled rows contain.
-    monkeypatch.setattr(kernels, "_mostly_zeros", lambda x: sparse)
+    # and the others on zero rows, whatever the sampled rows contain.
+    force_kernel(monkeypatch, kernel)
     rng = np.random.default_rng(11)
     engine = StreamingIUA(atol=1e-3)
     arrays = [
@@ -510,7 +523,7 @@ def test_interrupt_during_kernel_keeps_update_atomic(monkeypatch):
 
         return run
 
-    for name in ("_bin_table_kernel", "_bin_table_kernel_sparse"):
+    for name in ("_bin_table_kernel", "_bin_table_kernel_sparse", "_bin_vector_kernel"):
         monkeypatch.setattr(kernels, name, interrupt_while_running(getattr(kernels, name)))
     with pytest.raises(KeyboardInterrupt):
         engine.update({"a": np.zeros((6, 300), dtype=np.float32)})

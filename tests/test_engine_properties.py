@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from iua_widgets import StreamingIUA
-from iua_widgets.engine import threshold_grid
+from iua_widgets.engine import kernels, threshold_grid
 
 from .reference import brute_force
 
@@ -148,3 +148,59 @@ def test_zero_heavy_batches_equal_brute_force(dtype, zero_share):
         got = engine.results_at(atol=atol)["layer"]
         np.testing.assert_array_equal(got.unit_inactive_count, want["unit"])
         np.testing.assert_array_equal(got.inactive, want["inactive"])
+
+
+@st.composite
+def float32_grids(draw):
+    """Sorted float32 grids with 0 and at most one value per octave, mostly.
+
+    Octaves are drawn from a window of 62 anywhere in float32's range, each
+    value at the octave's lower edge, its top or between. A few grids put two
+    values in one octave or a subnormal value next to 0, and the vector
+    kernel leaves those to the bucket kernels.
+    """
+    base = draw(st.integers(-149, 127))
+    exponents = draw(st.sets(st.integers(base, min(127, base + 61)), min_size=1, max_size=50))
+    fractions = st.sampled_from([1.0, 1.5, float(np.nextafter(np.float32(2), np.float32(0)))])
+    values = [draw(st.one_of(fractions, st.floats(1, 2, exclude_max=True))) * 2.0**e
+              for e in exponents]
+    values += draw(st.lists(st.floats(0, 3e38), max_size=2))
+    grid = np.unique(np.array([0.0, *values], dtype=np.float32))
+    return grid[np.isfinite(grid)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(float32_grids(), st.integers(1, 600), st.integers(0, 2**32 - 1))
+def test_octave_kernel_equals_numpy_on_any_grid(grid, units, seed):
+    # Values on, next to and between thresholds and octave edges, at any
+    # width (the last block of a row is binned without the vector path).
+    rng = np.random.default_rng(seed)
+    edges = np.float32(2.0) ** np.arange(-149, 128, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        pool = np.concatenate([
+            grid, np.nextafter(grid, np.float32(np.inf)), np.nextafter(grid, np.float32(0)),
+            edges, np.nextafter(edges, np.float32(0)),
+            [np.nan, np.inf, np.finfo(np.float32).max, -0.0],
+        ]).astype(np.float32)
+    x = rng.choice(pool, size=(5, units)) * rng.choice(np.float32([1, -1]), size=(5, units))
+    expected = kernels.bin_numpy(x, grid)
+    got = kernels.bin_values(x, grid, {})
+    np.testing.assert_array_equal(kernels.from_blocks(got[0], units),
+                                  kernels.from_blocks(expected[0], units))
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_octave_tables_cover_the_default_grid():
+    # The 1-2-5 grid has one threshold per octave, so the vector kernel takes
+    # its float32 batches on AVX-512 hosts.
+    from iua_widgets.engine.grid import native_thresholds
+
+    thresholds = native_thresholds(GRID, np.dtype(np.float32))
+    below, single, low = kernels.octave_tables(thresholds)
+    assert below[-1] == len(thresholds)
+    relu = np.maximum(np.random.default_rng(0).standard_normal((8, 512), dtype=np.float32), 0)
+    expected = "vector" if kernels._AVX512 else "dense"
+    assert kernels._choose_kernel(relu, True, True) == expected
+    assert kernels.octave_tables(np.float32([0, 2e-3, 3e-3])) is None  # one octave, two thresholds
+    assert kernels.octave_tables(np.float32([0, 2.0**-140])) is None  # subnormal next to 0
+    assert kernels.octave_tables(thresholds.astype(np.float64)) is None
