@@ -137,19 +137,20 @@ def feed(engine, batches):
 
 
 def force_kernel(monkeypatch, name):
-    """Make every batch go to kernel ``name`` (the vector one where its tables exist)."""
-    if name == "vector" and not kernels._AVX512:
-        pytest.skip("the vector kernel needs an AVX-512 CPU")
+    """Make every batch go to kernel ``name`` (the vector ones where their tables exist)."""
+    vector = name.startswith("vector")
+    if vector and not kernels._AVX512:
+        pytest.skip("the vector kernels need an AVX-512 CPU")
 
     def choose(x, has_tables, has_octaves):
         if not has_tables:
             return "search"
-        return "dense" if name == "vector" and not has_octaves else name
+        return "dense" if vector and not has_octaves else name
 
     monkeypatch.setattr(kernels, "_choose_kernel", choose)
 
 
-@pytest.mark.parametrize("kernel", ["dense", "sparse", "vector"])
+@pytest.mark.parametrize("kernel", ["dense", "sparse", "vector", "vector_sparse"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int16, np.bool_])
 def test_each_kernel_exact_at_any_zero_share(monkeypatch, dtype, kernel):
     # Forcing the kernel choice runs the zero-skipping kernel on dense rows

@@ -170,10 +170,12 @@ def float32_grids(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(float32_grids(), st.integers(1, 600), st.integers(0, 2**32 - 1))
-def test_octave_kernel_equals_numpy_on_any_grid(grid, units, seed):
+@given(float32_grids(), st.integers(1, 600), st.sampled_from([0.0, 0.5, 0.9]),
+       st.integers(0, 2**32 - 1))
+def test_octave_kernel_equals_numpy_on_any_grid(grid, units, zero_share, seed):
     # Values on, next to and between thresholds and octave edges, at any
-    # width (the last block of a row is binned without the vector path).
+    # width (the last block of a row is binned without the vector path), and
+    # enough zeros for the packed mode in some cases.
     rng = np.random.default_rng(seed)
     edges = np.float32(2.0) ** np.arange(-149, 128, dtype=np.float32)
     with np.errstate(over="ignore"):
@@ -183,6 +185,7 @@ def test_octave_kernel_equals_numpy_on_any_grid(grid, units, seed):
             [np.nan, np.inf, np.finfo(np.float32).max, -0.0],
         ]).astype(np.float32)
     x = rng.choice(pool, size=(5, units)) * rng.choice(np.float32([1, -1]), size=(5, units))
+    x[rng.random(x.shape) < zero_share] = 0
     expected = kernels.bin_numpy(x, grid)
     got = kernels.bin_values(x, grid, {})
     np.testing.assert_array_equal(kernels.from_blocks(got[0], units),
@@ -199,8 +202,10 @@ def test_octave_tables_cover_the_default_grid():
     below, single, low = kernels.octave_tables(thresholds)
     assert below[-1] == len(thresholds)
     relu = np.maximum(np.random.default_rng(0).standard_normal((8, 512), dtype=np.float32), 0)
-    expected = "vector" if kernels._AVX512 else "dense"
+    expected = "vector_sparse" if kernels._AVX512 else "sparse"
     assert kernels._choose_kernel(relu, True, True) == expected
+    expected = "vector" if kernels._AVX512 else "dense"
+    assert kernels._choose_kernel(np.abs(relu) + 1, True, True) == expected
     assert kernels.octave_tables(np.float32([0, 2e-3, 3e-3])) is None  # one octave, two thresholds
     assert kernels.octave_tables(np.float32([0, 2.0**-140])) is None  # subnormal next to 0
     assert kernels.octave_tables(thresholds.astype(np.float64)) is None
