@@ -308,7 +308,8 @@ if numba is not None:
                 return llvm_ir.Constant(vector, [value] * 16)
 
             def load(pointer, offset):
-                address = builder.gep(pointer, [i64(offset)])
+                index = i64(offset) if isinstance(offset, int) else offset
+                address = builder.gep(pointer, [index])
                 return builder.load(builder.bitcast(address, vector.as_pointer()), align=4)
 
             def function(name, result, *arguments):
@@ -328,15 +329,18 @@ if numba is not None:
 
             below_rows = [load(data(below_type, args[2]), 16 * j) for j in range(4)]
             single_rows = [load(data(single_type, args[3]), 16 * j) for j in range(4)]
-            low = builder.insert_element(
-                llvm_ir.Constant(vector, None), builder.trunc(args[4], i32), i32(0)
-            )
-            low = builder.shuffle_vector(low, llvm_ir.Constant(vector, None), splat(0))
+            def broadcast(value):
+                lane = builder.insert_element(llvm_ir.Constant(vector, None), value, i32(0))
+                return builder.shuffle_vector(lane, llvm_ir.Constant(vector, None), splat(0))
+
+            low = broadcast(builder.trunc(args[4], i32))
             values = builder.gep(data(row_type, args[0]), [args[1]])
             out_data = data(out_type, args[5])
-            count = i64(0)
-            for j in range(_UNIT_BLOCK // 16):
-                magnitude = builder.and_(load(values, 16 * j), splat(0x7FFFFFFF))
+            count = cgutils.alloca_once_value(builder, i64(0))
+            # A loop rather than unrolled code: as fast, and less to compile.
+            with cgutils.for_range(builder, i64(_UNIT_BLOCK // 16)) as loop:
+                first = builder.mul(loop.index, i64(16))
+                magnitude = builder.and_(load(values, first), splat(0x7FFFFFFF))
                 octave = builder.sub(builder.lshr(magnitude, splat(23)), low)
                 octave = builder.select(builder.icmp_signed("<", octave, splat(0)), splat(0), octave)
                 last = splat(_OCTAVES - 1)
@@ -344,18 +348,21 @@ if numba is not None:
                 upper_half = builder.icmp_unsigned("!=", builder.and_(octave, splat(32)), splat(0))
                 above = builder.icmp_unsigned("<", lookup(single_rows, octave, upper_half), magnitude)
                 k = builder.add(lookup(below_rows, octave, upper_half), builder.zext(above, vector))
-                target = builder.bitcast(builder.gep(out_data, [i64(16 * j)]), narrow.as_pointer())
+                target = builder.bitcast(builder.gep(out_data, [first]), narrow.as_pointer())
                 builder.store(builder.trunc(k, narrow), target, align=1)
                 if packed:
                     outside = builder.icmp_unsigned("!=", k, splat(0))
-                    units = llvm_ir.Constant(vector, [16 * j + t for t in range(16)])
+                    units = builder.add(broadcast(builder.trunc(first, i32)),
+                                        llvm_ir.Constant(vector, list(range(16))))
                     entry = builder.or_(builder.shl(k, splat(8)), units)
                     front = builder.call(compress, [entry, splat(0), outside])
                     entries = data(signature.args[6], args[6])
-                    target = builder.bitcast(builder.gep(entries, [count]), vector.as_pointer())
+                    written = builder.load(count)
+                    target = builder.bitcast(builder.gep(entries, [written]), vector.as_pointer())
                     builder.store(front, target, align=4)
-                    written = builder.call(popcount, [builder.bitcast(outside, i16)])
-                    count = builder.add(count, builder.zext(written, i64))
+                    added = builder.call(popcount, [builder.bitcast(outside, i16)])
+                    builder.store(builder.add(written, builder.zext(added, i64)), count)
+            count = builder.load(count)
             return count if packed else context.get_dummy_value()
 
         if packed:
