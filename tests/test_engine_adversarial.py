@@ -14,6 +14,7 @@ import signal
 import threading
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -593,3 +594,24 @@ def test_big_endian_floats_counted(dtype):
     array = array.astype(dtype)
     feed(engine, [{"a": array}])
     assert_exact(engine, "a", [array])
+
+
+def test_vector_compile_failure_falls_back(monkeypatch):
+    # A host whose LLVM cannot build the AVX-512 kernel gets the portable
+    # kernels and one warning, with every batch counted once.
+    monkeypatch.setattr(kernels, "_AVX512", True)
+
+    def fail_to_compile(*args):
+        raise numba.core.errors.TypingError("unknown intrinsic")
+
+    monkeypatch.setattr(kernels, "_bin_vector_kernel", fail_to_compile)
+    rng = np.random.default_rng(31)
+    arrays = [np.maximum(rng.standard_normal((n, 300), dtype=np.float32), 0) for n in (4, 9)]
+    engine = StreamingIUA()
+    with pytest.warns(RuntimeWarning, match="AVX-512"):
+        engine.update({"a": arrays[0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.update({"a": arrays[1]})
+    assert kernels._AVX512 is False
+    assert_exact(engine, "a", arrays)

@@ -53,6 +53,7 @@ try:
     import numba
     from llvmlite import ir as llvm_ir
     from numba.core import cgutils, types
+    from numba.core.errors import NumbaError
     from numba.cpython.unsafe.numbers import trailing_zeros
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - exercised by forcing the numpy path
@@ -79,7 +80,7 @@ _OCTAVES = 64
 
 def _host_has_avx512() -> bool:
     """Return whether numba compiles for this CPU and the CPU has AVX-512F (for the permutes)."""
-    if numba is None or numba.config.CPU_NAME is not None:
+    if numba is None or numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
         return False
     try:
         from llvmlite import binding
@@ -90,6 +91,19 @@ def _host_has_avx512() -> bool:
 
 
 _AVX512 = _host_has_avx512()
+
+
+def _stop_vector_kernel(error: Exception) -> None:
+    """Fall back to the portable kernels for the rest of the process, with a warning."""
+    global _AVX512
+    _AVX512 = False
+    warnings.warn(
+        f"iua_widgets could not compile its AVX-512 kernel ({type(error).__name__}: {error}), "
+        "so it uses its portable kernels from now on (same results, slower). "
+        "Please report this with your CPU model and numba version.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _layout(dtype: np.dtype):
@@ -618,11 +632,16 @@ if numba is not None:
                                               np.uint32)
                     # At least four stripes per thread, so that a free thread finds work.
                     stripe_blocks = max(1, min(_STRIPE_BLOCKS, blocks // (4 * threads)))
-                    _bin_vector_kernel(*args, *octaves, *counters, row_bins,
-                                       kernel == "vector_sparse", entries, stripe_blocks)
-                elif kernel == "sparse":
+                    try:
+                        _bin_vector_kernel(*args, *octaves, *counters, row_bins,
+                                           kernel == "vector_sparse", entries, stripe_blocks)
+                    except (NumbaError, RuntimeError) as error:
+                        # Compiling failed, so nothing was counted: use the portable kernel.
+                        _stop_vector_kernel(error)
+                        kernel = "dense"
+                if kernel == "sparse":
                     _bin_table_kernel_sparse(*args, *counters)
-                else:
+                elif kernel == "dense":
                     _bin_table_kernel(*args, *counters)
             finally:
                 numba.set_parallel_chunksize(previous)
