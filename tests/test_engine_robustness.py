@@ -178,9 +178,10 @@ def test_failure_after_binning_takes_counts_back(monkeypatch, read_first):
     assert engine.inputs_seen == 40
 
 
-def test_counts_exact_past_uint16_limit():
+@pytest.mark.parametrize("units", [3, 515])  # a partial block alone, and two whole blocks
+def test_counts_exact_past_uint16_limit(units):
     rng = np.random.default_rng(4)
-    batches = [_relu_batch(rng, 30_000, 3) for _ in range(3)]
+    batches = [_relu_batch(rng, 30_000, units) for _ in range(3)]
     for batch in batches:
         batch[:, 0] = 0  # 90,000 inactive inputs on unit 0, past the uint16 maximum
     engine = StreamingIUA(atol=1e-2)

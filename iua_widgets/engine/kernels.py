@@ -296,19 +296,20 @@ if numba is not None:
                 unit_hist[row_start + u] += unit_hist[row_start - _UNIT_BLOCK + u]
 
     def _block_row_intrinsic(packed):
-        """Return an intrinsic binning the float32 bits ``row[start:start + BLOCK]`` into ``out``.
+        """Return an intrinsic binning the float32 bits ``row[start:start + BLOCK]``.
 
         AVX-512 only: sixteen values at a time, the octave tables of
         ``octave_tables`` are looked up with in-register permutes
         (``vpermi2d``), which spares the two scalar table loads per value.
-        ``out`` (uint8) receives the bins. With ``packed``, the intrinsic also
-        writes ``bin << 8 | unit`` for every value outside bin 0 to
+        The plain intrinsic writes the bins to ``out`` (uint8). The packed one
+        adds the values in bin 0 to ``unit_hist[offset:offset + BLOCK]`` (the
+        block's bin 0), writes ``bin << 8 | unit`` for every other value to
         ``entries`` (uint32, ``BLOCK + 16`` long), compressed to the front,
         and returns their number.
         """
 
         def codegen(context, builder, signature, args):
-            row_type, _, below_type, single_type, _, out_type = signature.args[:6]
+            row_type, _, below_type, single_type = signature.args[:4]
 
             def data(array_type, value):
                 return context.make_array(array_type)(context, builder, value).data
@@ -349,7 +350,13 @@ if numba is not None:
 
             low = broadcast(builder.trunc(args[4], i32))
             values = builder.gep(data(row_type, args[0]), [args[1]])
-            out_data = data(out_type, args[5])
+            if packed:
+                entries = data(signature.args[5], args[5])
+                hist_type = signature.args[6]
+                counters = llvm_ir.VectorType(context.get_data_type(hist_type.dtype), 16)
+                zero_bin = builder.gep(data(hist_type, args[6]), [args[7]])
+            else:
+                out_data = data(signature.args[5], args[5])
             count = cgutils.alloca_once_value(builder, i64(0))
             # A loop rather than unrolled code: as fast, and less to compile.
             with cgutils.for_range(builder, i64(_UNIT_BLOCK // 16)) as loop:
@@ -362,15 +369,18 @@ if numba is not None:
                 upper_half = builder.icmp_unsigned("!=", builder.and_(octave, splat(32)), splat(0))
                 above = builder.icmp_unsigned("<", lookup(single_rows, octave, upper_half), magnitude)
                 k = builder.add(lookup(below_rows, octave, upper_half), builder.zext(above, vector))
-                target = builder.bitcast(builder.gep(out_data, [first]), narrow.as_pointer())
-                builder.store(builder.trunc(k, narrow), target, align=1)
-                if packed:
+                if not packed:
+                    target = builder.bitcast(builder.gep(out_data, [first]), narrow.as_pointer())
+                    builder.store(builder.trunc(k, narrow), target, align=1)
+                else:
                     outside = builder.icmp_unsigned("!=", k, splat(0))
+                    target = builder.bitcast(builder.gep(zero_bin, [first]), counters.as_pointer())
+                    inside = builder.zext(builder.not_(outside), counters)
+                    builder.store(builder.add(builder.load(target, align=2), inside), target, align=2)
                     units = builder.add(broadcast(builder.trunc(first, i32)),
                                         llvm_ir.Constant(vector, list(range(16))))
                     entry = builder.or_(builder.shl(k, splat(8)), units)
                     front = builder.call(compress, [entry, splat(0), outside])
-                    entries = data(signature.args[6], args[6])
                     written = builder.load(count)
                     target = builder.bitcast(builder.gep(entries, [written]), vector.as_pointer())
                     builder.store(front, target, align=4)
@@ -382,8 +392,10 @@ if numba is not None:
         if packed:
 
             @intrinsic
-            def bin_block_row_packed(typingctx, row, start, below, single, low, out, entries):
-                return types.int64(row, start, below, single, low, out, entries), codegen
+            def bin_block_row_packed(typingctx, row, start, below, single, low, entries, unit_hist,
+                                     offset):
+                signature = types.int64(row, start, below, single, low, entries, unit_hist, offset)
+                return signature, codegen
 
             return bin_block_row_packed
 
@@ -406,11 +418,9 @@ if numba is not None:
             lane_hist[lanes + (unit & numba.uint64(3)) * lane_stride + k] += 1
 
     @numba.njit(inline="always")
-    def _count_entries(row_bins, entries, count, unit_hist, offset, lane_hist, lanes, lane_stride):
+    def _count_entries(entries, count, unit_hist, offset, lane_hist, lanes, lane_stride):
         # _count_row for a block row whose values outside bin 0 are packed in
-        # entries: bin 0 is counted with vector instructions, the others one by one.
-        for u in range(_UNIT_BLOCK):
-            unit_hist[numba.uint64(offset) + numba.uint64(u)] += row_bins[u] == 0
+        # entries (the units' bin 0 is already counted).
         lane_hist[lanes] += _UNIT_BLOCK - count
         for j in range(count):
             entry = numba.uint64(entries[j])
@@ -425,10 +435,11 @@ if numba is not None:
                            stripe_blocks):
         # _bin_table_kernel in two steps per block row: the bins of its values
         # into row_bins (threads, BLOCK) with AVX-512 (the bucket tables for a
-        # last, partial block), then the counters. With packed, the values
-        # outside bin 0 are also packed into entries (threads, BLOCK + 16) and
-        # counted from there, which pays from about a third of zeros on. Only
-        # called on AVX-512 hosts: elsewhere the intrinsics do not compile.
+        # last, partial block), then the counters. With packed, whole blocks
+        # count bin 0 with vector instructions and pack the other values into
+        # entries (threads, BLOCK + 16), to count from there. That pays from
+        # about a third of zeros on. Only called on AVX-512 hosts: elsewhere
+        # the intrinsics do not compile.
         # Threads take stripes of stripe_blocks blocks and go through them
         # _GROUP_ROWS rows at a time, block by block, while prefetching the
         # stripe's part of the next rows into L2. Memory is then read in whole
@@ -463,8 +474,9 @@ if numba is not None:
                         lanes = numba.uint64((c * inputs + i) * 4 * bins)
                         if width == _UNIT_BLOCK and packed:
                             count = _bin_block_row_packed(row, numba.uint64(start), below,
-                                                          octave_single, low, out, entries[c])
-                            _count_entries(out, entries[c], count, unit_hist, offset, lane_hist,
+                                                          octave_single, low, entries[c],
+                                                          unit_hist, offset)
+                            _count_entries(entries[c], count, unit_hist, offset, lane_hist,
                                            lanes, lane_stride)
                         elif width == _UNIT_BLOCK:
                             _bin_block_row(row, numba.uint64(start), below, octave_single, low, out)
