@@ -379,7 +379,7 @@ if numba is not None:
                     builder.store(builder.add(builder.load(target, align=2), inside), target, align=2)
                     units = builder.add(broadcast(builder.trunc(first, i32)),
                                         llvm_ir.Constant(vector, list(range(16))))
-                    entry = builder.or_(builder.shl(k, splat(8)), units)
+                    entry = builder.or_(builder.shl(k, splat(_BLOCK_BITS)), units)
                     front = builder.call(compress, [entry, splat(0), outside])
                     written = builder.load(count)
                     target = builder.bitcast(builder.gep(entries, [written]), vector.as_pointer())
@@ -423,10 +423,10 @@ if numba is not None:
         # entries (the units' bin 0 is already counted).
         lane_hist[lanes] += _UNIT_BLOCK - count
         for j in range(count):
+            # bin << 8 | unit is also the counter's place in the block.
             entry = numba.uint64(entries[j])
-            k = entry >> numba.uint64(8)
-            unit = entry & numba.uint64(_UNIT_BLOCK - 1)
-            unit_hist[numba.uint64(offset) + unit + k * numba.uint64(_UNIT_BLOCK)] += 1
+            unit_hist[numba.uint64(offset) + entry] += 1
+            k = entry >> numba.uint64(_BLOCK_BITS)
             lane_hist[lanes + (numba.uint64(j) & numba.uint64(3)) * lane_stride + k] += 1
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
