@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from iua_widgets import IUA, StreamingIUA
+from iua_widgets.engine import kernels
 from iua_widgets.engine.kernels import use_compiled
 
 with warnings.catch_warnings():
@@ -121,7 +122,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, numpy {np.__version__}, compiled kernel: {use_compiled()}")
+          f"{platform.python_version()}, numpy {np.__version__}, compiled kernel: {use_compiled()}, "
+          f"AVX-512 kernel: {kernels.vector_kernel_available()}")
     print("\n== Ingest: full threshold cache vs DNIKit 2.0.0 (one threshold) ==")
     print(f"{'case':<34} {'ours M/s':>9} {'DNIKit':>9} {'plain':>9} {'vs DNIKit':>10} {'vs plain':>10}")
     IUA.introspect(relu_responses(rng, np.float32, 1, (64,), 64), batch_size=32).results  # compile
@@ -130,6 +132,13 @@ def main() -> None:
         relu_responses(rng, np.float32, 2, (8192,), inputs), 256, repeats,
     )
     relu = relu_responses(rng, np.float32, 2, (8192,), inputs)
+    if kernels.vector_kernel_available():
+        # The kernels of CPUs without AVX-512, on this machine.
+        os.environ["IUA_WIDGETS_KERNEL"] = "scalar"
+        try:
+            ingest_row("float32 without AVX-512 kernel", relu, 256, repeats)
+        finally:
+            del os.environ["IUA_WIDGETS_KERNEL"]
     # No exact zeros, and half of the values on the 1e-3 grid threshold.
     ingest_row("float32 |x| + 1e-3, no zeros", {k: np.abs(v) + 1e-3 for k, v in relu.items()},
                256, repeats)

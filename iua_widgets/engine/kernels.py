@@ -697,7 +697,7 @@ def _choose_kernel(x: np.ndarray, has_tables: bool, has_octaves: bool) -> str:
     """
     if not has_tables:
         return "search"
-    vector = has_octaves and _AVX512 and os.environ.get("IUA_WIDGETS_KERNEL", "") != "scalar"
+    vector = has_octaves and vector_kernel_available()
     sample = x[:: max(1, x.shape[0] // 2)][:2]
     zeros = np.count_nonzero(sample == 0)
     if vector:
@@ -716,6 +716,11 @@ def reusable_buffer(scratch: dict, key: str, shape: tuple[int, ...], dtype) -> n
 
 
 _warned_fallback = False
+
+
+def vector_kernel_available() -> bool:
+    """Return whether float32 batches on grids like the default one go to the AVX-512 kernel."""
+    return use_compiled() and _AVX512 and os.environ.get("IUA_WIDGETS_KERNEL", "") != "scalar"
 
 
 def use_compiled() -> bool:
