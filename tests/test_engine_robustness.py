@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -246,3 +248,46 @@ def test_failure_after_carry_takes_counts_back(monkeypatch):
         expected = np.isclose(whole, 0, rtol=1e-5, atol=atol).sum(axis=0)
         counts = engine.results_at(atol=atol)["a"].unit_inactive_count
         np.testing.assert_array_equal(counts, expected)
+
+
+_CONCURRENT_UPDATES = """
+import threading
+
+import numpy as np
+
+from iua_widgets import StreamingIUA
+
+rng = np.random.default_rng(0)
+arrays = [np.maximum(rng.standard_normal((64, 4096), dtype=np.float32), 0) for _ in range(2)]
+engines = [StreamingIUA(), StreamingIUA()]
+
+
+def work(engine, array):
+    for _ in range(20):
+        engine.update({"a": array})
+        engine.results_at(atol=1e-2)
+
+
+threads = [threading.Thread(target=work, args=pair) for pair in zip(engines, arrays)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+for engine, array in zip(engines, arrays):
+    expected = 20 * np.isclose(array.astype(np.float64), 0, rtol=1e-5, atol=1e-2).sum(axis=0)
+    counts = engine.results_at(atol=1e-2)["a"].unit_inactive_count
+    assert np.array_equal(counts, expected)
+import numba
+
+print(numba.threading_layer())
+"""
+
+
+def test_two_threads_under_workqueue_layer():
+    # numba's workqueue layer, the fallback without OpenMP or TBB, aborts the
+    # process when two threads launch parallel kernels at once.
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", _CONCURRENT_UPDATES], env=env,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["workqueue"]

@@ -42,6 +42,7 @@ import functools
 import logging
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -91,6 +92,11 @@ def _host_has_avx512() -> bool:
 
 
 _AVX512 = _host_has_avx512()
+#: Held while a parallel kernel runs. numba's workqueue threading layer, the
+#: one left when neither OpenMP nor TBB loads, aborts the process when two
+#: Python threads launch parallel kernels at once. A stream thread and a
+#: slider moved in the notebook would do that.
+_PARALLEL_LAUNCH = threading.Lock()
 
 
 def _stop_vector_kernel(error: Exception) -> None:
@@ -333,7 +339,9 @@ if numba is not None:
 
             permute = function("llvm.x86.avx512.vpermi2var.d.512", vector, vector, vector, vector)
             # The register form: compressing straight to memory ran 2.7 times slower.
-            compress = function("llvm.x86.avx512.mask.compress.v16i32", vector, vector, vector, flags)
+            compress = function(
+                "llvm.x86.avx512.mask.compress.v16i32", vector, vector, vector, flags
+            )
             popcount = function("llvm.ctpop.i16", i16, i16)
 
             def lookup(table, octave, upper_half):
@@ -363,11 +371,13 @@ if numba is not None:
                 first = builder.mul(loop.index, i64(16))
                 magnitude = builder.and_(load(values, first), splat(0x7FFFFFFF))
                 octave = builder.sub(builder.lshr(magnitude, splat(23)), low)
-                octave = builder.select(builder.icmp_signed("<", octave, splat(0)), splat(0), octave)
+                below_table = builder.icmp_signed("<", octave, splat(0))
+                octave = builder.select(below_table, splat(0), octave)
                 last = splat(_OCTAVES - 1)
                 octave = builder.select(builder.icmp_signed(">", octave, last), last, octave)
                 upper_half = builder.icmp_unsigned("!=", builder.and_(octave, splat(32)), splat(0))
-                above = builder.icmp_unsigned("<", lookup(single_rows, octave, upper_half), magnitude)
+                threshold = lookup(single_rows, octave, upper_half)
+                above = builder.icmp_unsigned("<", threshold, magnitude)
                 k = builder.add(lookup(below_rows, octave, upper_half), builder.zext(above, vector))
                 if not packed:
                     target = builder.bitcast(builder.gep(out_data, [first]), narrow.as_pointer())
@@ -376,7 +386,8 @@ if numba is not None:
                     outside = builder.icmp_unsigned("!=", k, splat(0))
                     target = builder.bitcast(builder.gep(zero_bin, [first]), counters.as_pointer())
                     inside = builder.zext(builder.not_(outside), counters)
-                    builder.store(builder.add(builder.load(target, align=2), inside), target, align=2)
+                    counted = builder.add(builder.load(target, align=2), inside)
+                    builder.store(counted, target, align=2)
                     units = builder.add(broadcast(builder.trunc(first, i32)),
                                         llvm_ir.Constant(vector, list(range(16))))
                     entry = builder.or_(builder.shl(k, splat(_BLOCK_BITS)), units)
@@ -627,36 +638,39 @@ if numba is not None:
             unit_hist = reusable_buffer(scratch, "unit_hist", (blocks, bins, _UNIT_BLOCK), hist_type)
         if kernel == "search":
             unit_hist[:] = 0
-            _bin_search_kernel(x, thresholds, unit_hist, lane_hist[:chunks])
+            with _PARALLEL_LAUNCH:
+                _bin_search_kernel(x, thresholds, unit_hist, lane_hist[:chunks])
         else:
             table, single, shift, bias = tables
             uint, _, mask = _layout(x.dtype)
             args = (x.view(uint), table, single, shift, bias, mask)
             counters = (unit_hist.reshape(-1), lane_hist.reshape(-1), _CACHE_LINE // x.itemsize,
                         accumulate)
+            if kernel in ("vector", "vector_sparse"):
+                row_bins = reusable_buffer(scratch, "row_bins", (threads, _UNIT_BLOCK), np.uint8)
+                entries = reusable_buffer(scratch, "entries", (threads, _UNIT_BLOCK + 16),
+                                          np.uint32)
+                # At least four stripes per thread, so that a free thread finds work.
+                stripe_blocks = max(1, min(_STRIPE_BLOCKS, blocks // (4 * threads)))
             # One block at a time to whichever thread is free, so that a core
             # slowed by other work does not hold the batch back.
-            previous = numba.set_parallel_chunksize(1)
-            try:
-                if kernel in ("vector", "vector_sparse"):
-                    row_bins = reusable_buffer(scratch, "row_bins", (threads, _UNIT_BLOCK), np.uint8)
-                    entries = reusable_buffer(scratch, "entries", (threads, _UNIT_BLOCK + 16),
-                                              np.uint32)
-                    # At least four stripes per thread, so that a free thread finds work.
-                    stripe_blocks = max(1, min(_STRIPE_BLOCKS, blocks // (4 * threads)))
-                    try:
-                        _bin_vector_kernel(*args, *octaves, *counters, row_bins,
-                                           kernel == "vector_sparse", entries, stripe_blocks)
-                    except (NumbaError, RuntimeError) as error:
-                        # Compiling failed, so nothing was counted: use the portable kernel.
-                        _stop_vector_kernel(error)
-                        kernel = "dense"
-                if kernel == "sparse":
-                    _bin_table_kernel_sparse(*args, *counters)
-                elif kernel == "dense":
-                    _bin_table_kernel(*args, *counters)
-            finally:
-                numba.set_parallel_chunksize(previous)
+            with _PARALLEL_LAUNCH:
+                previous = numba.set_parallel_chunksize(1)
+                try:
+                    if kernel in ("vector", "vector_sparse"):
+                        try:
+                            _bin_vector_kernel(*args, *octaves, *counters, row_bins,
+                                               kernel == "vector_sparse", entries, stripe_blocks)
+                        except (NumbaError, RuntimeError) as error:
+                            # Compiling failed, so nothing was counted: use the portable kernel.
+                            _stop_vector_kernel(error)
+                            kernel = "dense"
+                    if kernel == "sparse":
+                        _bin_table_kernel_sparse(*args, *counters)
+                    elif kernel == "dense":
+                        _bin_table_kernel(*args, *counters)
+                finally:
+                    numba.set_parallel_chunksize(previous)
         input_cumulative = reusable_buffer(scratch, "input_cumulative", (inputs, bins), np.int64)
         _sum_lanes(lane_hist, input_cumulative)
         scratch["lanes_zeroed"] = lane_hist.base
@@ -787,9 +801,10 @@ def bin_prefix(low: np.ndarray, high: np.ndarray | None, index: int, carry_bits:
     order, padded to whole blocks.
     """
     if use_compiled():
-        if high is None:
-            return _bin_prefix(low, low, index, carry_bits, False)
-        return _bin_prefix(low, high, index, carry_bits, True)
+        with _PARALLEL_LAUNCH:
+            if high is None:
+                return _bin_prefix(low, low, index, carry_bits, False)
+            return _bin_prefix(low, high, index, carry_bits, True)
     total = low[:, : index + 1].astype(np.int64).sum(axis=1)
     if high is not None:
         total += high[:, : index + 1].astype(np.int64).sum(axis=1) << carry_bits
