@@ -107,8 +107,8 @@ def assert_kernel_equals_numpy(x, thresholds=THRESHOLDS, scratch=None, add_to_bi
             added = np.cumsum(bin_counts.astype(np.int64) - before, axis=1)
             np.testing.assert_array_equal(kernels.from_blocks(added, units), expected_units)
         else:
-            # Grids without bucket tables, such as one with float32's maximum, go to the
-            # search kernel, which returns the counts and leaves bin_counts alone.
+            # Batches it cannot add come back as counts, with bin_counts left alone:
+            # grids without bucket tables (one with float32's maximum) and long batches.
             np.testing.assert_array_equal(bin_counts, before)
             got = kernels.from_blocks(unit_cumulative, units).astype(np.int64)
             np.testing.assert_array_equal(got, expected_units)
@@ -303,19 +303,17 @@ def test_vector_kernel_on_custom_grids(grid, units, rows, mode, add_to_bins, see
         assert set(seen) == {mode}
 
 
-@pytest.mark.xfail(strict=True, reason="bin_values views non-native float32 bits as native "
-                   "integers and returns wrong counts; the engine converts before binning")
 def test_kernel_on_big_endian_float32():
     x = random_batch(np.random.default_rng(1), 3, 512, zero_share=0.3).astype(">f4")
     assert_kernel_equals_numpy(x)
 
 
-@pytest.mark.xfail(strict=True, reason="can_add_to_bins is true for batches of more than "
-                   "65535 rows, but bin_values then returns the counts without adding them")
-def test_kernel_adds_every_batch_it_accepts():
+def test_kernel_declines_batches_it_cannot_add():
+    # Past 65535 rows the counts per bin no longer fit uint16, so the batch's
+    # counts come back instead of being added.
     x = np.zeros((kernels._SUB_BATCH + 1, 256), dtype=np.float32)
-    assert kernels.can_add_to_bins(x, THRESHOLDS)
-    assert_kernel_equals_numpy(x, add_to_bins=True)
+    assert not kernels.can_add_to_bins(x, THRESHOLDS)
+    assert_kernel_equals_numpy(x, add_to_bins=True)  # bin_counts left as they were
 
 
 # -- the engine against brute-force numpy ------------------------------------

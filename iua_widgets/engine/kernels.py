@@ -758,7 +758,8 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
         input_cumulative = np.zeros((x.shape[0], bins), dtype=np.int64)
         return np.zeros((0, bins, _UNIT_BLOCK), dtype=np.uint32), input_cumulative
     if use_compiled():
-        x = np.ascontiguousarray(x)
+        # The kernels read the bits in native byte order.
+        x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
         if x.shape[0] <= _SUB_BATCH:
             return bin_numba(x, thresholds, scratch, bin_counts)
         parts = [bin_numba(x[s : s + _SUB_BATCH], thresholds)
@@ -778,7 +779,9 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
 
 def can_add_to_bins(x: np.ndarray, thresholds: np.ndarray) -> bool:
     """Return whether ``bin_values`` would add ``x``'s counts to ``bin_counts``."""
-    return use_compiled() and x.shape[1] > 0 and bucket_tables(thresholds) is not None
+    if x.shape[0] > _SUB_BATCH or x.shape[1] == 0:
+        return False
+    return use_compiled() and bucket_tables(thresholds) is not None
 
 
 def new_bin_counts(bins: int, units: int) -> np.ndarray:
