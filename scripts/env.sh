@@ -1,4 +1,4 @@
-# Shared by scripts/quickstart and scripts/test: create .venv and install the
+# Shared by scripts/quickstart, scripts/test and scripts/benchmark: create .venv and install the
 # package with the extras named in $1, unless it is already there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
