@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from iua_widgets import IUA, StreamingIUA
+from iua_widgets.engine import kernels
 from iua_widgets.engine import layer as layer_module
 from iua_widgets.engine.atomic import deferred_interrupt
 
@@ -291,3 +292,36 @@ def test_two_threads_under_workqueue_layer():
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["workqueue"]
+
+
+def test_unknown_kernel_setting_warns_once(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned_settings", set())
+    monkeypatch.setenv("IUA_WIDGETS_KERNEL", "fastest-please")
+    batch = {"a": np.maximum(np.random.default_rng(9).standard_normal((4, 300)), 0)}
+    engine = StreamingIUA()
+    with pytest.warns(RuntimeWarning, match="'fastest-please' is not a known setting"):
+        engine.update(batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.update(batch)
+    expected = 2 * np.isclose(batch["a"], 0, rtol=1e-5, atol=1e-8).sum(axis=0)
+    np.testing.assert_array_equal(engine.results["a"].unit_inactive_count, expected)
+
+
+def test_masked_array_rejected():
+    masked = np.ma.masked_array(np.ones((2, 3)), mask=[[True, False, False], [False] * 3])
+    with pytest.raises(TypeError, match="masked array"):
+        StreamingIUA().update({"a": masked})
+
+
+@pytest.mark.parametrize("grid", [1e-3, "1e-3"])
+def test_grid_must_be_a_sequence(grid):
+    with pytest.raises(TypeError, match="grid must be a sequence"):
+        StreamingIUA(grid=grid)
+
+
+@pytest.mark.parametrize(("limit", "shown"), [(100, "100 bytes"), (5 * 2**20, "5.00 MiB")])
+def test_budget_error_sizes_readable(limit, shown):
+    batch = {"a": np.ones((4, 100_000), np.float32)}
+    with pytest.raises(MemoryError, match=f"max_cache_bytes={shown}"):
+        StreamingIUA(max_cache_bytes=limit).update(batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -103,6 +104,11 @@ def custom_grid(thresholds, atol: float) -> np.ndarray:
     A coarser grid than the default (say one threshold per decade) shrinks the
     cache in proportion; results are exact at its values only.
     """
+    if isinstance(thresholds, str | bytes) or not isinstance(thresholds, Iterable):
+        raise TypeError(
+            f"grid must be a sequence of thresholds, such as grid=[1e-8, 1e-6, 1e-4], "
+            f"got {thresholds!r}."
+        )
     values = {0.0, validate_tolerance("atol", atol)}
     for value in thresholds:
         values.add(validate_tolerance("grid threshold", value))

@@ -732,14 +732,37 @@ def reusable_buffer(scratch: dict, key: str, shape: tuple[int, ...], dtype) -> n
 _warned_fallback = False
 
 
+#: Values of the IUA_WIDGETS_KERNEL environment variable: "" for the fastest
+#: kernels, "scalar" for the compiled ones without AVX-512, "numpy" for numpy only.
+KERNEL_SETTINGS = ("", "scalar", "numpy")
+_warned_settings: set[str] = set()
+
+
+def _kernel_setting() -> str:
+    """Return IUA_WIDGETS_KERNEL, warning once about a value it does not know."""
+    setting = os.environ.get("IUA_WIDGETS_KERNEL", "")
+    if setting in KERNEL_SETTINGS:
+        return setting
+    if setting not in _warned_settings:
+        _warned_settings.add(setting)
+        warnings.warn(
+            f"IUA_WIDGETS_KERNEL={setting!r} is not a known setting, so iua_widgets uses its "
+            "fastest kernels. Known settings: 'scalar' (compiled kernels without AVX-512) "
+            "and 'numpy' (numpy only); unset it for the default.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ""
+
+
 def vector_kernel_available() -> bool:
     """Return whether float32 batches on grids like the default one go to the AVX-512 kernel."""
-    return use_compiled() and _AVX512 and os.environ.get("IUA_WIDGETS_KERNEL", "") != "scalar"
+    return use_compiled() and _AVX512 and _kernel_setting() != "scalar"
 
 
 def use_compiled() -> bool:
     """Return whether the numba kernels are used (numba importable, not disabled by the environment)."""
-    return bin_numba is not None and os.environ.get("IUA_WIDGETS_KERNEL", "") != "numpy"
+    return bin_numba is not None and _kernel_setting() != "numpy"
 
 
 def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = None,

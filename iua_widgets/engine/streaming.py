@@ -38,6 +38,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_CACHE_BYTES = 4 * 2**30
 
 
+def _size(nbytes: int) -> str:
+    """Format a byte count for messages, in the largest binary unit that keeps it at 1 or more."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit} ({nbytes:,} bytes)"
+    return f"{nbytes:,} bytes"
+
+
 def to_numpy(value: Any, name: str) -> np.ndarray:
     """Convert one response (numpy array, PyTorch tensor, nested list) to a numpy array."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
@@ -45,6 +53,11 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
         if str(tensor.dtype) == "torch.bfloat16":
             tensor = tensor.float()  # exact: bfloat16 is a truncated float32
         value = tensor.cpu().numpy()
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"Response {name!r} is a masked array, and the analysis has no notion of masked "
+            "elements. Pass value.filled(0) to count them as inactive, or drop them first."
+        )
     array = np.asarray(value)
     if array.ndim == 0:
         raise ValueError(
@@ -342,9 +355,9 @@ class StreamingIUA:
         if current + added_bytes <= self.max_cache_bytes:
             return
         raise MemoryError(
-            f"The analysis would need {(current + added_bytes) / 2**30:.2f} GiB "
-            f"(now {current / 2**30:.2f} GiB; new layers {sorted(new_layers)}), above "
-            f"max_cache_bytes={self.max_cache_bytes / 2**30:.2f} GiB. Use unit='channel', "
+            f"The analysis would need {_size(current + added_bytes)} "
+            f"(now {_size(current)}; new layers {sorted(new_layers)}), above "
+            f"max_cache_bytes={_size(self.max_cache_bytes)}. Use unit='channel', "
             "analyse fewer layers, use a coarser grid (grid=[1e-8, 1e-6, 1e-4]), "
             "keep less per-input detail (per_input='start' or "
             "'none'), or raise max_cache_bytes. Nothing of this batch was applied."
