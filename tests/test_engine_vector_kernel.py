@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,8 +19,6 @@ from iua_widgets.engine import kernels, threshold_grid
 from iua_widgets.engine.grid import native_thresholds
 
 from .reference import inactive_mask
-
-numba = pytest.importorskip("numba")
 
 GRID = threshold_grid()
 THRESHOLDS = native_thresholds(GRID, np.float32)
@@ -262,7 +261,7 @@ def test_vector_kernel_on_empty_batch():
 
 
 @pytest.mark.parametrize("mode", VECTOR_MODES)
-def test_vector_kernel_on_read_only_and_unaligned(mode):
+def test_vector_kernel_on_odd_buffers(mode):
     rng = np.random.default_rng(5)
     x = random_batch(rng, 9, 700, zero_share=0.5)
     read_only = x.copy()

@@ -179,7 +179,7 @@ def _octave_tables_cached(threshold_bytes: bytes):
 
 
 def octave_tables(thresholds: np.ndarray):
-    """Tables of the AVX-512 kernel, or ``None`` when it does not apply.
+    """Return the tables of the AVX-512 kernel, or ``None`` when it does not apply.
 
     It applies to float32 grids with at most one threshold per binary
     exponent, as the 1-2-5 grid has (consecutive values at least twice
@@ -284,11 +284,15 @@ if numba is not None:
                 _prefetch_to_l2(row, u)
 
     @numba.njit(inline="always")
-    def _open_block(block, units, bins, unit_hist, accumulate):
-        # Units start:stop of a block, its offset in unit_hist, zeroed unless accumulating.
+    def _block_span(block, units, bins):
+        # Units start:stop of a block and the offset of its counters in unit_hist.
         start = block * _UNIT_BLOCK
-        stop = min(units, start + _UNIT_BLOCK)
-        offset = block * bins * _UNIT_BLOCK
+        return start, min(units, start + _UNIT_BLOCK), block * bins * _UNIT_BLOCK
+
+    @numba.njit(inline="always")
+    def _open_block(block, units, bins, unit_hist, accumulate):
+        # _block_span, with the block's counters zeroed unless accumulating.
+        start, stop, offset = _block_span(block, units, bins)
         if not accumulate:
             unit_hist[offset : offset + bins * _UNIT_BLOCK] = 0
         return start, stop, offset
@@ -352,6 +356,7 @@ if numba is not None:
 
             below_rows = [load(data(below_type, args[2]), 16 * j) for j in range(4)]
             single_rows = [load(data(single_type, args[3]), 16 * j) for j in range(4)]
+
             def broadcast(value):
                 lane = builder.insert_element(llvm_ir.Constant(vector, None), value, i32(0))
                 return builder.shuffle_vector(lane, llvm_ir.Constant(vector, None), splat(0))
@@ -478,7 +483,7 @@ if numba is not None:
                     for r in range(group_stop + share * ahead // (last - first),
                                    group_stop + (share + 1) * ahead // (last - first)):
                         _prefetch_row(bits[r], first * _UNIT_BLOCK, stripe_stop, line, False)
-                    start, stop, offset = _open_block(block, units, bins, unit_hist, True)
+                    start, stop, offset = _block_span(block, units, bins)
                     width = numba.uint64(stop - start)
                     for i in range(group, group_stop):
                         row = bits[i]
@@ -501,7 +506,7 @@ if numba is not None:
                             _count_row(out, width, unit_hist, offset, lane_hist, lanes, lane_stride)
             if not accumulate:
                 for block in range(first, last):
-                    _running_sum(unit_hist, block * bins * _UNIT_BLOCK, bins)
+                    _running_sum(unit_hist, _block_span(block, units, bins)[2], bins)
 
     @numba.njit(cache=True, nogil=True, parallel=True, boundscheck=False)
     def _bin_table_kernel(bits, table, single, shift, bias, mask, unit_hist, lane_hist, line,
@@ -739,16 +744,16 @@ _warned_settings: set[str] = set()
 
 
 def _kernel_setting() -> str:
-    """Return IUA_WIDGETS_KERNEL, warning once about a value it does not know."""
+    """Return IUA_WIDGETS_KERNEL, warning once per invalid value."""
     setting = os.environ.get("IUA_WIDGETS_KERNEL", "")
     if setting in KERNEL_SETTINGS:
         return setting
     if setting not in _warned_settings:
         _warned_settings.add(setting)
         warnings.warn(
-            f"IUA_WIDGETS_KERNEL={setting!r} is not a known setting, so iua_widgets uses its "
-            "fastest kernels. Known settings: 'scalar' (compiled kernels without AVX-512) "
-            "and 'numpy' (numpy only); unset it for the default.",
+            f"IUA_WIDGETS_KERNEL={setting!r} is invalid, so iua_widgets uses its fastest "
+            "kernels. Valid values: 'scalar' (compiled kernels without AVX-512) and "
+            "'numpy' (numpy only). Unset it for the default.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -771,7 +776,7 @@ def bin_values(x: np.ndarray, thresholds: np.ndarray, scratch: dict | None = Non
 
     ``bin_counts`` (from ``new_bin_counts``, uint16 counts per bin) may receive
     the unit counts instead: then, if ``can_add_to_bins`` is true, the
-    compiled table kernel adds the batch's counts per bin to it and
+    compiled kernels add the batch's counts per bin to it and
     ``unit_cumulative`` is returned as ``None``. The caller keeps every count
     in it below 2**16.
     """
